@@ -1,0 +1,73 @@
+use crate::backend::{dispatch, Job};
+use crate::ModelArgs;
+use anyhow::Result;
+use burn::prelude::Backend;
+use burn::tensor::DType;
+use burn_stylecode::preprocess::load_rgb;
+use burn_stylecode::{CodeFormat, EncodedStyle, StyleEncoder, WeightsDir};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Images to encode (PNG or JPEG).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Code format to print.
+    #[arg(long, default_value = "paper")]
+    format: CodeFormat,
+    /// One JSON object per line: {"path", "code", "latent"}.
+    #[arg(long)]
+    json: bool,
+    /// Images per batch through the networks.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let backend = args.model.backend;
+    dispatch(backend, EncodeJob(args))?
+}
+
+struct EncodeJob(Args);
+
+impl Job for EncodeJob {
+    type Output = Result<ExitCode>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<ExitCode> {
+        let args = self.0;
+        let weights = WeightsDir::resolve(args.model.weights.clone());
+        let encoder = StyleEncoder::<B>::load(&weights, DType::F32, &device)?;
+
+        // Unreadable files are reported and skipped; the rest still get codes.
+        let mut failed = false;
+        let mut readable = Vec::new();
+        for path in &args.images {
+            match load_rgb(path) {
+                Ok(image) => readable.push((path, image)),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    failed = true;
+                }
+            }
+        }
+        for batch in readable.chunks(args.batch_size as usize) {
+            let images: Vec<_> = batch.iter().map(|(_, image)| image.clone()).collect();
+            for ((path, _), style) in batch.iter().zip(encoder.encode(&images)?) {
+                println!("{}", line(path, &style, args.format, args.json));
+            }
+        }
+        Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    }
+}
+
+fn line(path: &std::path::Path, style: &EncodedStyle, format: CodeFormat, json: bool) -> String {
+    let code = style.code.format(format);
+    if json {
+        serde_json::json!({ "path": path.display().to_string(), "code": code, "latent": style.latent }).to_string()
+    } else {
+        code
+    }
+}

@@ -1,0 +1,33 @@
+use anyhow::Result;
+use burn_stylecode::StyleCode;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A stylecode, paper (21 characters) or official (27) form.
+    code: String,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let (code, format) = StyleCode::parse(&args.code)?;
+    let values = code.values();
+    let latent = code.latent();
+    if args.json {
+        let object = serde_json::json!({
+            "format": format.name(),
+            "version": code.version().to_string(),
+            "values": values,
+            "latent": latent,
+        });
+        println!("{object}");
+    } else {
+        println!("format:  {}", format.name());
+        println!("version: {}", code.version());
+        println!("values:  {}", values.map(|v| v.to_string()).join(" "));
+        println!("latent:  {}", latent.map(|x| format!("{x:.4}")).join(" "));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,53 @@
+//! `stylecode`: image style as a short code, and SD1.5 generation from it.
+
+mod backend;
+mod commands;
+
+use backend::BackendKind;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "stylecode", version, about = "Encode an image's style as a short code", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options shared by the commands that run networks.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Weights folder (default: $STYLECODE_WEIGHTS, else the platform data folder).
+    #[arg(long, value_name = "DIR")]
+    weights: Option<PathBuf>,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendKind,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the stylecode of each image.
+    Encode(commands::encode::Args),
+    /// Show what a stylecode holds: format, version, values, latent.
+    Inspect(commands::inspect::Args),
+    /// Rewrite a stylecode in the other format.
+    Convert(commands::convert::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Encode(args) => commands::encode::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Convert(args) => commands::convert::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Building blocks shared by several networks.
+
+pub mod attention;

@@ -1,0 +1,220 @@
+//! Loads upstream checkpoints into our modules through burn-store.
+//!
+//! Every model's key remapping lives here. For each parameter of a module
+//! we work out where its values sit in the file (a tensor of another name,
+//! or one third of a packed q/k/v tensor), check that it is there with the
+//! right shape, and hand burn-store a lazy snapshot that reads, converts and
+//! lays it out only when applied. Loading is strict within the module's own
+//! prefix: a missing tensor, a wrong shape or a leftover tensor is an error
+//! that names the key; tensors of other models in the same file are ignored.
+
+mod autoencoder;
+mod siglip;
+
+pub use autoencoder::load_autoencoder;
+pub use siglip::load_siglip;
+
+use super::safetensors::TensorFile;
+use crate::error::{Error, Result};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::prelude::*;
+use burn_store::{ModuleSnapshot, TensorSnapshot, TensorSnapshotError};
+use burn::tensor::DType;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
+/// Where one burn parameter's values are in the file (keys relative to the prefix).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Source {
+    /// A whole tensor.
+    Tensor(String),
+    /// Block `index` of `parts` equal row blocks: PyTorch's packed `in_proj_*`.
+    Rows { key: String, index: usize, parts: usize },
+}
+
+/// How a module's parameters are named in a file.
+pub(crate) struct KeyMap<'a> {
+    /// The module's name in error messages.
+    pub module: &'a str,
+    /// Prefix of the module's tensors in the file, e.g. `vision_model.`.
+    pub prefix: String,
+    /// Burn parameter path → source tensor (relative to `prefix`).
+    pub source: &'a dyn Fn(&str) -> Source,
+    /// Relative keys under `prefix` that belong to this module; those not
+    /// consumed are reported as unexpected.
+    pub in_scope: &'a dyn Fn(&str) -> bool,
+    /// Relative keys that are known and deliberately not loaded.
+    pub ignored: &'a dyn Fn(&str) -> bool,
+}
+
+/// `q_proj.weight` of an MHA stored packed → the first third of `in_proj_weight`.
+pub(crate) fn packed_projection(module: &str, rest: &str) -> Source {
+    let part = |name: &str| rest.strip_prefix(name).and_then(|p| p.strip_prefix('.'));
+    for (index, name) in ["q_proj", "k_proj", "v_proj"].into_iter().enumerate() {
+        if let Some(param) = part(name) {
+            return Source::Rows { key: format!("{module}.in_proj_{param}"), index, parts: 3 };
+        }
+    }
+    Source::Tensor(format!("{module}.{}", norm_names(rest)))
+}
+
+/// burn's norms call their affine parameters `gamma`/`beta`; PyTorch `weight`/`bias`.
+pub(crate) fn norm_names(path: &str) -> String {
+    if let Some(stem) = path.strip_suffix(".gamma") {
+        format!("{stem}.weight")
+    } else if let Some(stem) = path.strip_suffix(".beta") {
+        format!("{stem}.bias")
+    } else {
+        path.to_string()
+    }
+}
+
+/// One float parameter of a module, found without initialising it.
+struct Slot {
+    path: Vec<String>,
+    containers: Vec<String>,
+    shape: Vec<usize>,
+}
+
+#[derive(Default)]
+struct SlotCollector {
+    path: Vec<String>,
+    containers: Vec<String>,
+    slots: Vec<Slot>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for SlotCollector {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push(name.to_string());
+        self.containers.push(container_type.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+        self.containers.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.slots.push(Slot {
+            path: self.path.clone(),
+            containers: self.containers.clone(),
+            shape: param.lazy_shape().to_vec(),
+        });
+    }
+}
+
+pub(crate) fn load_module<B: Backend, M: Module<B>>(mut module: M, file: &TensorFile, map: &KeyMap, dtype: DType) -> Result<M> {
+    let mut collector = SlotCollector::default();
+    module.visit(&mut collector);
+
+    let mut consumed = BTreeSet::new();
+    let mut snapshots = Vec::with_capacity(collector.slots.len());
+    for slot in collector.slots {
+        let burn_path = slot.path.join(".");
+        let (key, rows) = match (map.source)(&burn_path) {
+            Source::Tensor(key) => (key, None),
+            Source::Rows { key, index, parts } => (key, Some((index, parts))),
+        };
+        let full_key = format!("{}{key}", map.prefix);
+        let found = file.shape(&full_key).ok_or_else(|| Error::MissingTensor {
+            path: file.path().to_path_buf(),
+            key: full_key.clone(),
+            module: map.module.to_string(),
+        })?;
+        // What the file must hold for this parameter, in PyTorch layout.
+        let is_linear_weight = slot.containers.last().is_some_and(|c| c == "Struct:Linear")
+            && slot.path.last().is_some_and(|p| p == "weight");
+        let mut expected = slot.shape.clone();
+        if is_linear_weight {
+            expected.reverse();
+        }
+        if let Some((_, parts)) = rows {
+            expected[0] *= parts;
+        }
+        if found != expected.as_slice() {
+            return Err(Error::ShapeMismatch {
+                path: file.path().to_path_buf(),
+                key: full_key,
+                expected,
+                found: found.to_vec(),
+            });
+        }
+        consumed.insert(full_key.clone());
+
+        let reader = file.clone();
+        let shape = slot.shape.clone();
+        let read = move || -> Result<TensorData, TensorSnapshotError> {
+            let mut values = reader.read_f32(&full_key).map_err(|e| TensorSnapshotError::IoError(e.to_string()))?;
+            if let Some((index, parts)) = rows {
+                let block = values.len() / parts;
+                values = values[index * block..(index + 1) * block].to_vec();
+            }
+            if is_linear_weight {
+                values = transpose(&values, shape[1], shape[0]);
+            }
+            Ok(TensorData::new(values, shape.clone()).convert_dtype(dtype))
+        };
+        snapshots.push(TensorSnapshot::from_closure(
+            Rc::new(read),
+            dtype,
+            slot.shape.into(),
+            slot.path,
+            slot.containers,
+            ParamId::new(),
+        ));
+    }
+
+    let unexpected: Vec<String> = file
+        .keys()
+        .filter_map(|k| k.strip_prefix(map.prefix.as_str()).map(|rel| (k, rel)))
+        .filter(|(k, rel)| (map.in_scope)(rel) && !(map.ignored)(rel) && !consumed.contains(*k))
+        .map(|(k, _)| k.to_string())
+        .collect();
+    if !unexpected.is_empty() {
+        return Err(Error::UnexpectedTensors {
+            path: file.path().to_path_buf(),
+            prefix: map.prefix.clone(),
+            keys: unexpected,
+        });
+    }
+
+    let result = module.apply(snapshots, None, None, false);
+    if let Some(error) = result.errors.first() {
+        return Err(Error::Other(format!("{}: loading {}: {error}", file.path().display(), map.module)));
+    }
+    if let Some((path, _)) = result.missing.first() {
+        return Err(Error::Other(format!("{}: {} parameter `{path}` was not loaded", file.path().display(), map.module)));
+    }
+    Ok(module)
+}
+
+/// [rows, cols] row-major → [cols, rows].
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_projections_map_to_row_blocks() {
+        assert_eq!(
+            packed_projection("attention_layers.1", "k_proj.bias"),
+            Source::Rows { key: "attention_layers.1.in_proj_bias".into(), index: 1, parts: 3 }
+        );
+        assert_eq!(
+            packed_projection("head.attention", "out_proj.weight"),
+            Source::Tensor("head.attention.out_proj.weight".into())
+        );
+    }
+
+    #[test]
+    fn transpose_swaps_axes() {
+        assert_eq!(transpose(&[1., 2., 3., 4., 5., 6.], 2, 3), vec![1., 4., 2., 5., 3., 6.]);
+    }
+}

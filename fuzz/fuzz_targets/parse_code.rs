@@ -1,0 +1,15 @@
+#![no_main]
+//! Any string: parsing never panics, and whatever parses round-trips.
+
+use burn_stylecode::{CodeFormat, StyleCode};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok((code, format)) = StyleCode::parse(text) {
+        let again = StyleCode::parse(&code.format(format)).expect("a printed code parses");
+        assert_eq!(again.0, code);
+        assert_eq!(StyleCode::parse(&code.to_paper()).unwrap().1, CodeFormat::Paper);
+        assert_eq!(StyleCode::parse(&code.to_official()).unwrap().0.values(), code.values());
+    }
+});
