@@ -10,6 +10,7 @@ pub mod code;
 pub mod error;
 pub mod nn;
 pub mod preprocess;
+pub mod sd;
 pub mod siglip;
 pub mod style_encoder;
 pub mod weights;

@@ -53,13 +53,10 @@ pub struct MultiHeadAttention<B: Backend> {
 impl<B: Backend> MultiHeadAttention<B> {
     /// `query` [B, Lq, D], `key` and `value` [B, Lk, D] → [B, Lq, D].
     pub fn forward(&self, query: Tensor<B, 3>, key: Tensor<B, 3>, value: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, len_q, d_model] = query.dims();
-        let q = self.split_heads(self.q_proj.forward(query));
-        let k = self.split_heads(self.k_proj.forward(key));
-        let v = self.split_heads(self.v_proj.forward(value));
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        let out = out.swap_dims(1, 2).reshape([batch, len_q, d_model]);
-        self.out_proj.forward(out)
+        let q = self.q_proj.forward(query);
+        let k = self.k_proj.forward(key);
+        let v = self.v_proj.forward(value);
+        self.out_proj.forward(attend(q, k, v, self.num_heads, false))
     }
 
     /// Self-attention: query, key and value are all `x`.
@@ -67,9 +64,27 @@ impl<B: Backend> MultiHeadAttention<B> {
         self.forward(x.clone(), x.clone(), x)
     }
 
-    /// [B, L, D] → [B, heads, L, D/heads]
-    fn split_heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
-        let [batch, len, d_model] = x.dims();
-        x.reshape([batch, len, self.num_heads, d_model / self.num_heads]).swap_dims(1, 2)
+    /// Causal self-attention: position i attends to positions ≤ i.
+    pub fn forward_causal(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let q = self.q_proj.forward(x.clone());
+        let k = self.k_proj.forward(x.clone());
+        let v = self.v_proj.forward(x);
+        self.out_proj.forward(attend(q, k, v, self.num_heads, true))
     }
+}
+
+/// Scaled dot-product attention over `num_heads` heads of already projected
+/// `q` [B, Lq, D], `k` and `v` [B, Lk, D] → [B, Lq, D], on burn's fused op.
+/// Every attention in the crate goes through here.
+pub fn attend<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, num_heads: usize, is_causal: bool) -> Tensor<B, 3> {
+    let [batch, len_q, d_model] = q.dims();
+    let options = AttentionModuleOptions { is_causal, ..Default::default() };
+    let out = attention(split_heads(q, num_heads), split_heads(k, num_heads), split_heads(v, num_heads), None, None, options);
+    out.swap_dims(1, 2).reshape([batch, len_q, d_model])
+}
+
+/// [B, L, D] → [B, heads, L, D/heads]
+fn split_heads<B: Backend>(x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 4> {
+    let [batch, len, d_model] = x.dims();
+    x.reshape([batch, len, num_heads, d_model / num_heads]).swap_dims(1, 2)
 }

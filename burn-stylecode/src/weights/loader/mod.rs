@@ -9,7 +9,10 @@
 //! that names the key; tensors of other models in the same file are ignored.
 
 mod autoencoder;
+mod clip;
 mod siglip;
+mod unet;
+mod vae;
 
 pub use autoencoder::load_autoencoder;
 pub use siglip::load_siglip;

@@ -1,0 +1,1 @@
+//! Noise schedulers, one file each, behind one trait. (to be written)
