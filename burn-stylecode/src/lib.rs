@@ -9,6 +9,7 @@ pub mod autoencoder;
 pub mod code;
 pub mod error;
 pub mod nn;
+pub mod png_text;
 pub mod preprocess;
 pub mod sd;
 pub mod siglip;
