@@ -16,6 +16,8 @@ mod vae;
 
 pub use autoencoder::load_autoencoder;
 pub use siglip::load_siglip;
+pub use unet::{diffusers_weights, load_unet, read_unet_config, DIFFUSERS_WEIGHTS};
+pub use vae::{load_vae, read_vae_config};
 
 use super::safetensors::TensorFile;
 use crate::error::{Error, Result};
