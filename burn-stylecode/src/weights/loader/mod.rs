@@ -15,6 +15,7 @@ mod unet;
 mod vae;
 
 pub use autoencoder::load_autoencoder;
+pub use clip::load_clip_text;
 pub use siglip::load_siglip;
 
 use super::safetensors::TensorFile;
