@@ -15,6 +15,7 @@ mod unet;
 mod vae;
 
 pub use autoencoder::load_autoencoder;
+pub use clip::load_clip_text;
 pub use siglip::load_siglip;
 pub use unet::{diffusers_weights, load_unet, read_unet_config, DIFFUSERS_WEIGHTS};
 pub use vae::{load_vae, read_vae_config};
