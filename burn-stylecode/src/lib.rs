@@ -13,6 +13,7 @@ pub mod png_text;
 pub mod preprocess;
 pub mod sd;
 pub mod siglip;
+pub mod style_control;
 pub mod style_encoder;
 pub mod weights;
 

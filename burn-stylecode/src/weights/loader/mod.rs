@@ -11,12 +11,14 @@
 mod autoencoder;
 mod clip;
 mod siglip;
+mod style_control;
 mod unet;
 mod vae;
 
 pub use autoencoder::load_autoencoder;
 pub use clip::load_clip_text;
 pub use siglip::load_siglip;
+pub use style_control::load_style_control;
 pub use unet::{diffusers_weights, load_unet, read_unet_config, DIFFUSERS_WEIGHTS};
 pub use vae::{load_vae, read_vae_config};
 
