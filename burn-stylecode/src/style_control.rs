@@ -159,3 +159,53 @@ impl<B: Backend> StyleControl<B> {
         base.head(h_base)
     }
 }
+
+/// The base UNet's mid-block grid for a latent of `[height, width]`: each
+/// downsampler (stride 2, padding 1) maps n to ⌈n/2⌉.
+pub fn mid_grid<B: Backend>(base: &UNet2DConditionModel<B>, [height, width]: [usize; 2]) -> [usize; 2] {
+    let halvings = base.down_blocks.iter().filter(|block| block.downsampler.is_some()).count();
+    (0..halvings).fold([height, width], |[h, w], _| [h.div_ceil(2), w.div_ceil(2)])
+}
+
+/// What a stylecode conditions generation with: the autoencoder (its
+/// decoder turns a code into the control branch's input), the control
+/// module, and the version of these weights.
+#[derive(Debug)]
+pub struct StyleCodes<B: Backend> {
+    pub autoencoder: crate::autoencoder::AttentionAutoencoder<B>,
+    pub control: StyleControl<B>,
+    pub version: char,
+}
+
+impl<B: Backend> StyleCodes<B> {
+    /// Loads the autoencoder and the control module from the weights
+    /// folder's `stylecodes/`, shaped after the base UNet's config.
+    pub fn load(
+        weights: &crate::WeightsDir,
+        base: &UNetConfig,
+        dtype: burn::tensor::DType,
+        device: &B::Device,
+    ) -> crate::Result<Self> {
+        use crate::weights::loader::{load_autoencoder, load_style_control};
+        let config = weights.stylecodes_config()?;
+        let file = crate::weights::safetensors::TensorFile::open(weights.stylecodes_weights()?)?;
+        let autoencoder = load_autoencoder(&config.autoencoder, &file, dtype, device)?;
+        let control_config = StyleControlConfig::from_base(base, config.control_attention_heads, config.mix_init);
+        let control = load_style_control(&control_config, &file, dtype, device)?;
+        let mid_channels = *base.block_out_channels.last().unwrap_or(&0);
+        if config.autoencoder.output_dim != mid_channels {
+            return Err(crate::Error::Other(format!(
+                "the style autoencoder makes {}-channel features but the base UNet's mid block has {mid_channels} channels",
+                config.autoencoder.output_dim
+            )));
+        }
+        Ok(Self { autoencoder, control, version: config.version })
+    }
+
+    /// The control branch's input for code latents [B, 20] (dequantised),
+    /// at the mid-block grid [h, w]. Constant over a generation: compute it
+    /// once, outside the denoising loop.
+    pub fn features(&self, latents: Tensor<B, 2>, [height, width]: [usize; 2]) -> Tensor<B, 4> {
+        self.autoencoder.decode(latents, height, width)
+    }
+}

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod clip;
 pub mod embeddings;
+pub mod pipeline;
 pub mod resnet;
 pub mod schedulers;
 pub mod tokenizer;

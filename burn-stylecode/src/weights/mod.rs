@@ -15,6 +15,7 @@ use crate::autoencoder::AutoencoderConfig;
 use crate::code::OFFICIAL_VERSION;
 use crate::error::{Error, Result};
 use crate::siglip::SiglipVisionConfig;
+use crate::style_control::MixInit;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -35,11 +36,20 @@ pub struct StylecodesConfig {
     /// make end with it.
     pub version: char,
     pub autoencoder: AutoencoderConfig,
+    /// Attention heads of the control UNet (the release's `num_attention_heads`).
+    pub control_attention_heads: usize,
+    /// Initialisation of the mixing layers, for training.
+    pub mix_init: MixInit,
 }
 
 impl Default for StylecodesConfig {
     fn default() -> Self {
-        Self { version: OFFICIAL_VERSION, autoencoder: AutoencoderConfig::default() }
+        Self {
+            version: OFFICIAL_VERSION,
+            autoencoder: AutoencoderConfig::default(),
+            control_attention_heads: 8,
+            mix_init: MixInit::default(),
+        }
     }
 }
 

@@ -1,0 +1,301 @@
+//! Text-to-image with Stable Diffusion 1.5: prompts → CLIP context →
+//! denoising loop with classifier-free guidance → VAE decode.
+//!
+//! The loop takes the noise prediction as a closure, so the same loop runs
+//! the plain UNet and the style-controlled one.
+
+use super::clip::ClipTextTransformer;
+use super::schedulers::{build_scheduler, SchedulerConfig, SchedulerKind};
+use super::tokenizer::ClipTokenizer;
+use super::unet_2d::UNet2DConditionModel;
+use super::vae::AutoencoderKL;
+use crate::error::{Error, Result};
+use crate::style_control::{mid_grid, StyleCodes};
+use crate::weights::loader::{load_clip_text, load_unet, load_vae};
+use crate::weights::safetensors::TensorFile;
+use burn::prelude::*;
+use burn::tensor::DType;
+use image::RgbImage;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+
+/// What to generate, besides the prompts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub steps: usize,
+    /// Classifier-free guidance scale; ≤ 1 runs without the unconditional half.
+    pub guidance_scale: f64,
+    pub scheduler: SchedulerKind,
+    /// Karras sigmas (not for DDIM); `None` keeps the scheduler config's choice.
+    pub karras: Option<bool>,
+    /// Pixels, multiples of 8.
+    pub width: usize,
+    pub height: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { steps: 20, guidance_scale: 7.5, scheduler: SchedulerKind::Ddim, karras: None, width: 512, height: 512 }
+    }
+}
+
+impl Settings {
+    pub fn validate(&self) -> Result<()> {
+        for (name, value) in [("width", self.width), ("height", self.height)] {
+            if value == 0 || value % 8 != 0 {
+                return Err(Error::Other(format!("{name} {value} is not a positive multiple of 8")));
+            }
+        }
+        if self.steps == 0 {
+            return Err(Error::Other("steps must be at least 1".into()));
+        }
+        if !self.guidance_scale.is_finite() {
+            return Err(Error::Other(format!("guidance scale {} is not a number", self.guidance_scale)));
+        }
+        Ok(())
+    }
+
+    fn guided(&self) -> bool {
+        self.guidance_scale > 1.0
+    }
+}
+
+/// The SD1.5 components, loaded from a diffusers folder.
+#[derive(Debug)]
+pub struct StableDiffusion<B: Backend> {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextTransformer<B>,
+    pub unet: UNet2DConditionModel<B>,
+    pub vae: AutoencoderKL<B>,
+    pub scheduler_config: SchedulerConfig,
+    dtype: DType,
+    device: B::Device,
+}
+
+/// Unit Gaussian noise for one image, reproducible from its seed on every
+/// backend (drawn on the host).
+pub struct NoiseSource {
+    rng: StdRng,
+}
+
+impl NoiseSource {
+    pub fn new(seed: u64) -> Self {
+        Self { rng: StdRng::seed_from_u64(seed) }
+    }
+
+    /// `count` standard normal values (Box–Muller).
+    pub fn normal(&mut self, count: usize) -> Vec<f32> {
+        let mut values = Vec::with_capacity(count + 1);
+        while values.len() < count {
+            let u1: f64 = 1.0 - self.rng.random::<f64>();
+            let u2: f64 = self.rng.random::<f64>();
+            let radius = (-2.0 * u1.ln()).sqrt();
+            let angle = std::f64::consts::TAU * u2;
+            values.push((radius * angle.cos()) as f32);
+            values.push((radius * angle.sin()) as f32);
+        }
+        values.truncate(count);
+        values
+    }
+}
+
+impl<B: Backend> StableDiffusion<B> {
+    /// Loads `unet/`, `vae/`, `text_encoder/`, `tokenizer/` and
+    /// `scheduler/` from a diffusers SD1.5 folder.
+    pub fn load(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self> {
+        let file = |sub: &str, name: &str| TensorFile::open(dir.join(sub).join(name));
+        let config = |sub: &str, name: &str| -> Result<String> {
+            let path = dir.join(sub).join(name);
+            std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))
+        };
+        let bad_config = |sub: &str, message: String| Error::Config { path: dir.join(sub).join("config.json"), message };
+
+        let tokenizer = ClipTokenizer::from_dir(dir.join("tokenizer"))?;
+        let clip_config = super::clip::ClipTextConfig::from_file(dir.join("text_encoder").join("config.json"))?;
+        let text_encoder = load_clip_text(&clip_config, &file("text_encoder", "model.safetensors")?, dtype, device)?;
+        let unet_config = super::unet_2d::UNetConfig::from_json(&config("unet", "config.json")?).map_err(|m| bad_config("unet", m))?;
+        let unet = load_unet(&unet_config, &file("unet", "diffusion_pytorch_model.safetensors")?, dtype, device)?;
+        let vae_config = super::vae::VaeConfig::from_json(&config("vae", "config.json")?).map_err(|m| bad_config("vae", m))?;
+        let vae = load_vae(&vae_config, &file("vae", "diffusion_pytorch_model.safetensors")?, dtype, device)?;
+        let scheduler_config = SchedulerConfig::load(dir.join("scheduler").join("scheduler_config.json"))?;
+        Ok(Self { tokenizer, text_encoder, unet, vae, scheduler_config, dtype, device: device.clone() })
+    }
+
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// The UNet's text context: [cond(B); uncond(B)] with guidance, else [cond(B)].
+    pub fn text_context(&self, prompts: &[String], negatives: &[String], settings: &Settings) -> Result<Tensor<B, 3>> {
+        let mut texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        if settings.guided() {
+            texts.extend(negatives.iter().map(String::as_str));
+        }
+        let ids = self.tokenizer.encode_batch(&texts)?;
+        let len = self.tokenizer.max_length();
+        let flat: Vec<i64> = ids.iter().flatten().map(|&id| i64::from(id)).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [texts.len(), len]), &self.device);
+        Ok(self.text_encoder.forward(ids).last_hidden_state)
+    }
+
+    /// Initial latents [B, 4, H/8, W/8], unit Gaussian, one seed per image.
+    pub fn initial_noise(&self, sources: &mut [NoiseSource], settings: &Settings) -> Tensor<B, 4> {
+        let shape = self.latent_shape(sources.len(), settings);
+        let per_image = shape[1] * shape[2] * shape[3];
+        let values: Vec<f32> = sources.iter_mut().flat_map(|s| s.normal(per_image)).collect();
+        self.tensor(values, shape)
+    }
+
+    fn latent_shape(&self, batch: usize, settings: &Settings) -> [usize; 4] {
+        [batch, self.unet.conv_in.weight.dims()[1], settings.height / 8, settings.width / 8]
+    }
+
+    fn tensor(&self, values: Vec<f32>, shape: [usize; 4]) -> Tensor<B, 4> {
+        Tensor::from_data(TensorData::new(values, shape), (&self.device, self.dtype))
+    }
+
+    /// The denoising loop from unit `noise` [B, 4, h, w]. `predict(sample,
+    /// timestep, context)` returns the noise prediction for a batch laid out
+    /// like `context` ([cond; uncond] with guidance). `sources` give
+    /// stochastic schedulers their per-step noise; `on_step(done, total)`
+    /// reports progress.
+    pub fn denoise(
+        &self,
+        noise: Tensor<B, 4>,
+        context: &Tensor<B, 3>,
+        settings: &Settings,
+        sources: &mut [NoiseSource],
+        mut predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
+        mut on_step: impl FnMut(usize, usize),
+    ) -> Result<Tensor<B, 4>> {
+        let mut scheduler = build_scheduler::<B>(settings.scheduler, &self.scheduler_config, settings.steps, settings.karras)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        let timesteps = scheduler.timesteps().to_vec();
+        let mut latents = noise * scheduler.init_noise_sigma();
+        let [batch, c, h, w] = latents.dims();
+        for (index, &t) in timesteps.iter().enumerate() {
+            let input = scheduler.scale_model_input(latents.clone(), index);
+            let input = if settings.guided() { Tensor::cat(vec![input.clone(), input], 0) } else { input };
+            let timestep = Tensor::<B, 1>::from_data(TensorData::new(vec![t as f32], [1]), (&self.device, self.dtype));
+            let prediction = predict(input, timestep, context.clone());
+            let prediction = if settings.guided() {
+                let mut halves = prediction.chunk(2, 0);
+                let uncond = halves.pop().expect("two halves");
+                let cond = halves.pop().expect("two halves");
+                uncond.clone() + (cond - uncond) * settings.guidance_scale
+            } else {
+                prediction
+            };
+            // Only the ancestral sampler consumes fresh noise.
+            let step_noise = (settings.scheduler == SchedulerKind::EulerAncestral)
+                .then(|| self.tensor(sources.iter_mut().flat_map(|s| s.normal(c * h * w)).collect(), [batch, c, h, w]));
+            latents = scheduler.step(prediction, index, latents, step_noise);
+            on_step(index + 1, timesteps.len());
+        }
+        Ok(latents)
+    }
+
+    /// Diffusion latents → 8-bit RGB images.
+    pub fn decode(&self, latents: Tensor<B, 4>) -> Result<Vec<RgbImage>> {
+        let image = self.vae.decode(self.vae.from_diffusion(latents));
+        let image = (image / 2.0 + 0.5).clamp(0.0, 1.0);
+        let [batch, _, height, width] = image.dims();
+        // [B, 3, H, W] → [B, H, W, 3] bytes, rounded as diffusers does.
+        let bytes = (image.permute([0, 2, 3, 1]) * 255.0)
+            .round()
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| Error::Other(format!("reading the image back: {e:?}")))?;
+        let plane = height * width * 3;
+        Ok((0..batch)
+            .map(|b| {
+                let pixels = bytes[b * plane..(b + 1) * plane].iter().map(|&v| v as u8).collect();
+                RgbImage::from_raw(width as u32, height as u32, pixels).expect("buffer matches size")
+            })
+            .collect())
+    }
+
+    /// Prompts (with their negatives) → images. Image `k` uses `seeds[k]`;
+    /// with a `style`, the control module steers every step (both guidance
+    /// halves get the style; guidance is on text only).
+    pub fn generate(
+        &self,
+        prompts: &[String],
+        negatives: &[String],
+        seeds: &[u64],
+        settings: &Settings,
+        style: Option<&StyleCondition<'_, B>>,
+        on_step: impl FnMut(usize, usize),
+    ) -> Result<Vec<RgbImage>> {
+        let latents = self.generate_latents(prompts, negatives, seeds, settings, style, on_step)?;
+        self.decode(latents)
+    }
+
+    /// [`generate`](Self::generate) up to the final latents, before the VAE.
+    pub fn generate_latents(
+        &self,
+        prompts: &[String],
+        negatives: &[String],
+        seeds: &[u64],
+        settings: &Settings,
+        style: Option<&StyleCondition<'_, B>>,
+        on_step: impl FnMut(usize, usize),
+    ) -> Result<Tensor<B, 4>> {
+        settings.validate()?;
+        if negatives.len() != prompts.len() || seeds.len() != prompts.len() {
+            return Err(Error::Other(format!(
+                "{} prompts, {} negative prompts and {} seeds: give one of each per image",
+                prompts.len(),
+                negatives.len(),
+                seeds.len()
+            )));
+        }
+        let mut sources: Vec<NoiseSource> = seeds.iter().map(|&s| NoiseSource::new(s)).collect();
+        let noise = self.initial_noise(&mut sources, settings);
+        let context = self.text_context(prompts, negatives, settings)?;
+        self.run(noise, &context, settings, &mut sources, style, on_step)
+    }
+
+    /// The denoising loop with the plain or the style-controlled UNet.
+    pub fn run(
+        &self,
+        noise: Tensor<B, 4>,
+        context: &Tensor<B, 3>,
+        settings: &Settings,
+        sources: &mut [NoiseSource],
+        style: Option<&StyleCondition<'_, B>>,
+        on_step: impl FnMut(usize, usize),
+    ) -> Result<Tensor<B, 4>> {
+        let Some(style) = style else {
+            return self.denoise(noise, context, settings, sources, |x, t, ctx| self.unet.forward(x, t, ctx), on_step);
+        };
+        let [batch, _, height, width] = noise.dims();
+        let [codes, _] = style.latents.dims();
+        if codes != batch {
+            return Err(Error::Other(format!("{codes} style codes for {batch} images: give one per image")));
+        }
+        // Decoded once: the style does not change between steps.
+        let features = style.codes.features(style.latents.clone(), mid_grid(&self.unet, [height, width]));
+        let features = if settings.guided() { Tensor::cat(vec![features.clone(), features], 0) } else { features };
+        let control = &style.codes.control;
+        self.denoise(
+            noise,
+            context,
+            settings,
+            sources,
+            |x, t, ctx| control.forward(&self.unet, x, t, ctx, features.clone(), style.scale),
+            on_step,
+        )
+    }
+}
+
+/// How stylecodes steer a generation.
+pub struct StyleCondition<'a, B: Backend> {
+    pub codes: &'a StyleCodes<B>,
+    /// Dequantised code latents [B, 20], one per image.
+    pub latents: Tensor<B, 2>,
+    /// Conditioning scale `s` in 0..=1 (0 leaves the base untouched).
+    pub scale: f64,
+}
