@@ -34,6 +34,12 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Rewrite a stylecode in the other format.
     Convert(commands::convert::Args),
+    /// Generate SD1.5 images from a prompt, optionally in a style.
+    Generate(commands::generate::Args),
+    /// Blend codes: a weighted mean of their latents.
+    Mix(commands::mix::Args),
+    /// Print a random stylecode.
+    Random(commands::random::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +48,9 @@ fn main() -> ExitCode {
         Command::Encode(args) => commands::encode::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Convert(args) => commands::convert::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Mix(args) => commands::mix::run(args),
+        Command::Random(args) => commands::random::run(args),
     };
     match result {
         Ok(code) => code,

@@ -232,6 +232,76 @@ impl FromStr for StyleCode {
     }
 }
 
+/// A code with a blending weight, written `CODE:WEIGHT` (the weight is
+/// optional and defaults to 1; `:` is not a base64 symbol).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WeightedCode {
+    pub code: StyleCode,
+    pub weight: f32,
+}
+
+impl FromStr for WeightedCode {
+    type Err = BlendError;
+    fn from_str(text: &str) -> Result<Self, BlendError> {
+        let (code, weight) = match text.rsplit_once(':') {
+            Some((code, weight)) => {
+                let parsed: f32 = weight.trim().parse().map_err(|_| BlendError::Weight { text: text.to_string() })?;
+                (code, parsed)
+            }
+            None => (text, 1.0),
+        };
+        if !weight.is_finite() || weight < 0.0 {
+            return Err(BlendError::Weight { text: text.to_string() });
+        }
+        Ok(Self { code: StyleCode::parse(code)?.0, weight })
+    }
+}
+
+/// Why codes cannot be blended.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BlendError {
+    #[error(transparent)]
+    Code(#[from] CodeError),
+    #[error("`{text}`: the weight after `:` must be a non-negative number")]
+    Weight { text: String },
+    #[error("no codes to blend")]
+    Empty,
+    #[error("the weights add up to zero")]
+    ZeroWeight,
+    #[error("codes of different versions cannot be blended: `{first}` is version {first_version}, `{other}` is version {other_version}")]
+    Versions { first: String, first_version: char, other: String, other_version: char },
+}
+
+/// The weighted mean of the codes' dequantised latents, and their common version.
+pub fn blend(codes: &[WeightedCode]) -> Result<([f32; CODE_LEN], char), BlendError> {
+    let first = codes.first().ok_or(BlendError::Empty)?;
+    if let Some(other) = codes.iter().find(|c| c.code.version() != first.code.version()) {
+        return Err(BlendError::Versions {
+            first: first.code.to_paper(),
+            first_version: first.code.version(),
+            other: other.code.to_paper(),
+            other_version: other.code.version(),
+        });
+    }
+    let total: f32 = codes.iter().map(|c| c.weight).sum();
+    if total <= 0.0 {
+        return Err(BlendError::ZeroWeight);
+    }
+    let mut latent = [0f32; CODE_LEN];
+    for c in codes {
+        for (sum, x) in latent.iter_mut().zip(c.code.latent()) {
+            *sum += c.weight / total * x;
+        }
+    }
+    Ok((latent, first.code.version()))
+}
+
+/// A uniformly random code of the given version.
+pub fn random_code(rng: &mut impl FnMut() -> u64, version: char) -> Result<StyleCode, CodeError> {
+    let values = std::array::from_fn(|_| (rng() % 64) as u8);
+    StyleCode::new(values, version)
+}
+
 /// `floor(clip((x + 1) * 63/2, 0, 63))`, in f32 as the reference computes it,
 /// except that a value within [`SNAP`] below a step counts as on it.
 ///
@@ -305,6 +375,25 @@ mod tests {
         // Multi-byte characters count as one character each.
         let err = StyleCode::parse("AAAAAAAAAAAAAAAAAAAé1").unwrap_err();
         assert!(matches!(err, CodeError::Character { character: 'é', position: 19, .. }), "{err}");
+    }
+
+    #[test]
+    fn blending_is_a_weighted_mean_of_latents() {
+        let a: WeightedCode = "AAAAAAAAAAAAAAAAAAAA1:3".parse().unwrap();
+        let b: WeightedCode = "////////////////////1:1".parse().unwrap();
+        let (latent, version) = blend(&[a, b]).unwrap();
+        assert_eq!(version, '1');
+        assert!(latent.iter().all(|x| (x - (-0.5)).abs() < 1e-6), "{latent:?}");
+        // A lone code blends to itself.
+        let (latent, _) = blend(&["C/d/AAI/rQglIvUb1/fC1".parse().unwrap()]).unwrap();
+        assert_eq!(StyleCode::from_latent(&latent, '1').unwrap().to_paper(), "C/d/AAI/rQglIvUb1/fC1");
+        assert!(matches!("AAAAAAAAAAAAAAAAAAAA1:x".parse::<WeightedCode>(), Err(BlendError::Weight { .. })));
+        assert!(matches!("AAAAAAAAAAAAAAAAAAAA1:-1".parse::<WeightedCode>(), Err(BlendError::Weight { .. })));
+        let v2: WeightedCode = "AAAAAAAAAAAAAAAAAAAA2".parse().unwrap();
+        assert!(matches!(blend(&[a, v2]), Err(BlendError::Versions { .. })));
+        assert!(matches!(blend(&[]), Err(BlendError::Empty)));
+        let zero: WeightedCode = "AAAAAAAAAAAAAAAAAAAA1:0".parse().unwrap();
+        assert!(matches!(blend(&[zero]), Err(BlendError::ZeroWeight)));
     }
 
     #[test]

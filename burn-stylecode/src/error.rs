@@ -27,6 +27,8 @@ pub enum Error {
     Config { path: PathBuf, message: String },
     #[error(transparent)]
     Code(#[from] crate::code::CodeError),
+    #[error(transparent)]
+    Blend(#[from] crate::code::BlendError),
     #[error("{0}")]
     Other(String),
 }

@@ -17,7 +17,7 @@ pub mod style_control;
 pub mod style_encoder;
 pub mod weights;
 
-pub use code::{CodeFormat, StyleCode};
+pub use code::{CodeFormat, StyleCode, WeightedCode};
 pub use error::{Error, Result};
 pub use style_encoder::{EncodedStyle, StyleEncoder};
 pub use weights::WeightsDir;

@@ -1,3 +1,6 @@
 pub mod convert;
 pub mod encode;
+pub mod generate;
 pub mod inspect;
+pub mod mix;
+pub mod random;

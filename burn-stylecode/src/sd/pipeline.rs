@@ -29,7 +29,7 @@ pub struct Settings {
     pub scheduler: SchedulerKind,
     /// Karras sigmas (not for DDIM); `None` keeps the scheduler config's choice.
     pub karras: Option<bool>,
-    /// Pixels, multiples of 8.
+    /// Pixels, multiples of the VAE's scale factor (8 in SD1.5).
     pub width: usize,
     pub height: usize,
 }
@@ -41,10 +41,11 @@ impl Default for Settings {
 }
 
 impl Settings {
-    pub fn validate(&self) -> Result<()> {
+    /// Checks the settings for a VAE that scales latents up by `vae_scale_factor`.
+    pub fn validate(&self, vae_scale_factor: usize) -> Result<()> {
         for (name, value) in [("width", self.width), ("height", self.height)] {
-            if value == 0 || value % 8 != 0 {
-                return Err(Error::Other(format!("{name} {value} is not a positive multiple of 8")));
+            if value == 0 || value % vae_scale_factor != 0 {
+                return Err(Error::Other(format!("{name} {value} is not a positive multiple of {vae_scale_factor}")));
             }
         }
         if self.steps == 0 {
@@ -147,8 +148,14 @@ impl<B: Backend> StableDiffusion<B> {
         self.tensor(values, shape)
     }
 
+    /// Pixels per latent cell along each side: 2 per VAE upsampler (8 in SD1.5).
+    pub fn vae_scale_factor(&self) -> usize {
+        1 << self.vae.decoder.up_blocks.iter().filter(|block| block.upsampler.is_some()).count()
+    }
+
     fn latent_shape(&self, batch: usize, settings: &Settings) -> [usize; 4] {
-        [batch, self.unet.conv_in.weight.dims()[1], settings.height / 8, settings.width / 8]
+        let factor = self.vae_scale_factor();
+        [batch, self.unet.conv_in.weight.dims()[1], settings.height / factor, settings.width / factor]
     }
 
     fn tensor(&self, values: Vec<f32>, shape: [usize; 4]) -> Tensor<B, 4> {
@@ -243,7 +250,7 @@ impl<B: Backend> StableDiffusion<B> {
         style: Option<&StyleCondition<'_, B>>,
         on_step: impl FnMut(usize, usize),
     ) -> Result<Tensor<B, 4>> {
-        settings.validate()?;
+        settings.validate(self.vae_scale_factor())?;
         if negatives.len() != prompts.len() || seeds.len() != prompts.len() {
             return Err(Error::Other(format!(
                 "{} prompts, {} negative prompts and {} seeds: give one of each per image",

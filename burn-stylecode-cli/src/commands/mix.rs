@@ -1,0 +1,20 @@
+use anyhow::Result;
+use burn_stylecode::code::{blend, WeightedCode};
+use burn_stylecode::{CodeFormat, StyleCode};
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Codes to blend, each `CODE` or `CODE:WEIGHT` (weight 1 by default).
+    #[arg(required = true, value_name = "CODE[:WEIGHT]")]
+    codes: Vec<WeightedCode>,
+    /// Format of the printed code (the official form has no version).
+    #[arg(long, default_value = "paper")]
+    format: CodeFormat,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let (latent, version) = blend(&args.codes)?;
+    println!("{}", StyleCode::from_latent(&latent, version)?.format(args.format));
+    Ok(ExitCode::SUCCESS)
+}
