@@ -3,6 +3,7 @@ use crate::ModelArgs;
 use anyhow::Result;
 use burn::prelude::Backend;
 use burn::tensor::DType;
+use burn_stylecode::png_text::read_png_text;
 use burn_stylecode::preprocess::load_rgb;
 use burn_stylecode::{CodeFormat, EncodedStyle, StyleEncoder, WeightsDir};
 use std::path::PathBuf;
@@ -56,17 +57,29 @@ impl Job for EncodeJob {
         for batch in readable.chunks(args.batch_size as usize) {
             let images: Vec<_> = batch.iter().map(|(_, image)| image.clone()).collect();
             for ((path, _), style) in batch.iter().zip(encoder.encode(&images)?) {
-                println!("{}", line(path, &style, args.format, args.json));
+                println!("{}", line(path, &style, stored_code(path).as_deref(), args.format, args.json));
             }
         }
         Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
     }
 }
 
-fn line(path: &std::path::Path, style: &EncodedStyle, format: CodeFormat, json: bool) -> String {
+/// The code a PNG made by `stylecode generate` carries, if any.
+fn stored_code(path: &std::path::Path) -> Option<String> {
+    let text = read_png_text(path).ok()?;
+    text.into_iter().find(|(key, _)| key == "stylecode").map(|(_, value)| value)
+}
+
+fn line(path: &std::path::Path, style: &EncodedStyle, stored: Option<&str>, format: CodeFormat, json: bool) -> String {
     let code = style.code.format(format);
     if json {
-        serde_json::json!({ "path": path.display().to_string(), "code": code, "latent": style.latent }).to_string()
+        let mut object = serde_json::json!({ "path": path.display().to_string(), "code": code, "latent": style.latent });
+        if let Some(stored) = stored {
+            object["stored_code"] = stored.into();
+        }
+        object.to_string()
+    } else if let Some(stored) = stored {
+        format!("{code} (generated with {stored})")
     } else {
         code
     }
