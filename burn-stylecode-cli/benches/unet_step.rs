@@ -1,0 +1,77 @@
+//! One full-size SD1.5 UNet denoising step (batch 2, 4×64×64 latents, 77×768
+//! context, random weights), plain and with the style control module.
+//!
+//! `cargo bench -p burn-stylecode-cli --bench unet_step -- [cpu|wgpu|cuda] [plain|styled] [REPEATS]`
+//! prints one JSON line: the backend, the mode, seconds per step (median of
+//! the repeats, after one warm-up) and the process's peak resident memory.
+//! Run one configuration per process so that peak memory is its own;
+//! `benches/unet_step.sh` runs them all beside PyTorch.
+
+use burn::prelude::*;
+use burn_stylecode::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
+use burn_stylecode::style_control::{MixInit, StyleControl, StyleControlConfig};
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let backend = args.first().map_or("cpu", String::as_str);
+    let mode = args.get(1).map_or("plain", String::as_str);
+    let repeats: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(3);
+    match backend {
+        "cpu" => run::<burn::backend::Flex>(Default::default(), backend, mode, repeats),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => run::<burn::backend::Wgpu>(Default::default(), backend, mode, repeats),
+        #[cfg(feature = "cuda")]
+        "cuda" => run::<burn::backend::Cuda>(Default::default(), backend, mode, repeats),
+        other => panic!("backend `{other}` is not built in (cargo features `wgpu`, `cuda`)"),
+    }
+}
+
+fn run<B: Backend>(device: B::Device, backend: &str, mode: &str, repeats: usize) {
+    let config = UNetConfig::sd15();
+    let unet: UNet2DConditionModel<B> = config.init(&device);
+    let control: Option<StyleControl<B>> =
+        (mode == "styled").then(|| StyleControlConfig::from_base(&config, 8, MixInit::Identity).init(&device));
+    let sample = Tensor::<B, 4>::random([2, 4, 64, 64], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let context = Tensor::<B, 3>::random([2, 77, 768], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let style = Tensor::<B, 4>::random([2, 1280, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let timestep = Tensor::<B, 1>::from_floats([500.0], &device);
+
+    let step = || {
+        let noise = match &control {
+            Some(control) => control.forward(&unet, sample.clone(), timestep.clone(), context.clone(), style.clone(), 0.9),
+            None => unet.forward(sample.clone(), timestep.clone(), context.clone()),
+        };
+        // Reading one value back waits for the device to finish.
+        noise.slice([0..1, 0..1, 0..1, 0..1]).into_data();
+    };
+    step(); // warm-up: lazy initialisation, kernel compilation, autotuning
+    let mut times: Vec<f64> = (0..repeats)
+        .map(|_| {
+            let start = Instant::now();
+            step();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "burn",
+            "backend": backend,
+            "mode": mode,
+            "seconds_per_step": median,
+            "all_seconds": times,
+            "peak_rss_mib": peak_rss_mib(),
+        })
+    );
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
