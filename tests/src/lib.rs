@@ -59,6 +59,7 @@ pub fn assert_close_values(what: &str, actual: &[f32], expected: &[f32]) -> f32 
     let worst = actual.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(actual.iter().all(|x| x.is_finite()), "{what}: non-finite output");
     let relative = worst / scale;
+    eprintln!("parity {what}: max relative error {relative:.2e}");
     assert!(relative <= REL_TOL, "{what}: max error {worst} is {relative:e} of the scale {scale} (> {REL_TOL:e})");
     relative
 }
