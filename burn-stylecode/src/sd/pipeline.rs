@@ -139,7 +139,8 @@ impl<B: Backend> StableDiffusion<B> {
         Ok(self.text_encoder.forward(ids).last_hidden_state)
     }
 
-    /// Initial latents [B, 4, H/8, W/8], unit Gaussian, one seed per image.
+    /// Initial latents [B, 4, H/f, W/f] (f = [`vae_scale_factor`](Self::vae_scale_factor)),
+    /// unit Gaussian, one seed per image.
     pub fn initial_noise(&self, sources: &mut [NoiseSource], settings: &Settings) -> Tensor<B, 4> {
         let shape = self.latent_shape(sources.len(), settings);
         let per_image = shape[1] * shape[2] * shape[3];
@@ -147,8 +148,15 @@ impl<B: Backend> StableDiffusion<B> {
         self.tensor(values, shape)
     }
 
+    /// Pixels per latent cell along each side: ×2 per upsampler of the VAE
+    /// decoder (8 for SD1.5), as diffusers' `vae_scale_factor`.
+    pub fn vae_scale_factor(&self) -> usize {
+        1 << self.vae.decoder.up_blocks.iter().filter(|block| block.upsampler.is_some()).count()
+    }
+
     fn latent_shape(&self, batch: usize, settings: &Settings) -> [usize; 4] {
-        [batch, self.unet.conv_in.weight.dims()[1], settings.height / 8, settings.width / 8]
+        let factor = self.vae_scale_factor();
+        [batch, self.unet.conv_in.weight.dims()[1], settings.height / factor, settings.width / factor]
     }
 
     fn tensor(&self, values: Vec<f32>, shape: [usize; 4]) -> Tensor<B, 4> {
