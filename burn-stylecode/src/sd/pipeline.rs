@@ -29,7 +29,7 @@ pub struct Settings {
     pub scheduler: SchedulerKind,
     /// Karras sigmas (not for DDIM); `None` keeps the scheduler config's choice.
     pub karras: Option<bool>,
-    /// Pixels, multiples of the VAE's scale factor (8 in SD1.5).
+    /// Pixels, multiples of 8 (as diffusers requires).
     pub width: usize,
     pub height: usize,
 }
@@ -41,11 +41,10 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Checks the settings for a VAE that scales latents up by `vae_scale_factor`.
-    pub fn validate(&self, vae_scale_factor: usize) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         for (name, value) in [("width", self.width), ("height", self.height)] {
-            if value == 0 || value % vae_scale_factor != 0 {
-                return Err(Error::Other(format!("{name} {value} is not a positive multiple of {vae_scale_factor}")));
+            if value == 0 || value % 8 != 0 {
+                return Err(Error::Other(format!("{name} {value} is not a positive multiple of 8")));
             }
         }
         if self.steps == 0 {
@@ -140,7 +139,8 @@ impl<B: Backend> StableDiffusion<B> {
         Ok(self.text_encoder.forward(ids).last_hidden_state)
     }
 
-    /// Initial latents [B, 4, H/8, W/8], unit Gaussian, one seed per image.
+    /// Initial latents [B, 4, H/f, W/f] (f = [`vae_scale_factor`](Self::vae_scale_factor)),
+    /// unit Gaussian, one seed per image.
     pub fn initial_noise(&self, sources: &mut [NoiseSource], settings: &Settings) -> Tensor<B, 4> {
         let shape = self.latent_shape(sources.len(), settings);
         let per_image = shape[1] * shape[2] * shape[3];
@@ -148,7 +148,8 @@ impl<B: Backend> StableDiffusion<B> {
         self.tensor(values, shape)
     }
 
-    /// Pixels per latent cell along each side: 2 per VAE upsampler (8 in SD1.5).
+    /// Pixels per latent cell along each side: ×2 per upsampler of the VAE
+    /// decoder (8 for SD1.5), as diffusers' `vae_scale_factor`.
     pub fn vae_scale_factor(&self) -> usize {
         1 << self.vae.decoder.up_blocks.iter().filter(|block| block.upsampler.is_some()).count()
     }
@@ -250,7 +251,7 @@ impl<B: Backend> StableDiffusion<B> {
         style: Option<&StyleCondition<'_, B>>,
         on_step: impl FnMut(usize, usize),
     ) -> Result<Tensor<B, 4>> {
-        settings.validate(self.vae_scale_factor())?;
+        settings.validate()?;
         if negatives.len() != prompts.len() || seeds.len() != prompts.len() {
             return Err(Error::Other(format!(
                 "{} prompts, {} negative prompts and {} seeds: give one of each per image",
