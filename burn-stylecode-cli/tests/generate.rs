@@ -119,3 +119,95 @@ fn bad_settings_fail_before_writing_anything() {
         assert!(!path.exists());
     }
 }
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+const CODE_A: &str = "mbtZR/Z/jqAif/G2kOcA1";
+const CODE_B: &str = "C/d/AAI/rQglIvUb1/fC1";
+
+#[test]
+fn a_style_code_steers_the_image_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.png");
+    let styled = dir.path().join("styled.png");
+    let again = dir.path().join("again.png");
+    let unscaled = dir.path().join("unscaled.png");
+    ok(&generate(&plain, &["--seed", "5", "--cfg", "3"]));
+    ok(&generate(&styled, &["--seed", "5", "--style", CODE_A]));
+    ok(&generate(&again, &["--seed", "5", "--style", CODE_A]));
+    ok(&generate(&unscaled, &["--seed", "5", "--cfg", "3", "--style", CODE_A, "--style-scale", "0"]));
+    assert_eq!(pixels(&styled), pixels(&again));
+    assert_ne!(pixels(&styled), pixels(&plain));
+    assert_eq!(pixels(&unscaled), pixels(&plain), "scale 0 leaves the base model untouched");
+    let meta = text(&styled);
+    assert_eq!(get(&meta, "stylecode"), CODE_A);
+    assert_eq!(get(&meta, "style_scale"), "0.9");
+    assert_eq!(get(&meta, "guidance_scale"), "3", "guidance defaults to 3 with a style");
+
+    // The official 27-character form of the same code gives the same image.
+    let official = dir.path().join("official.png");
+    ok(&generate(&official, &["--seed", "5", "--style", "JhstGRE/GT8jKgAiHz8GNiQOHAA"]));
+    assert_eq!(pixels(&official), pixels(&styled));
+}
+
+#[test]
+fn blended_codes_and_version_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let blend = dir.path().join("blend.png");
+    let weight_a = format!("{CODE_A}:0.7");
+    let weight_b = format!("{CODE_B}:0.3");
+    ok(&generate(&blend, &["--seed", "5", "--style", &weight_a, "--style", &weight_b]));
+    let mixed = Command::new(env!("CARGO_BIN_EXE_stylecode")).args(["mix", &weight_a, &weight_b]).output().unwrap();
+    ok(&mixed);
+    assert_eq!(get(&text(&blend), "stylecode"), stdout(&mixed).trim());
+
+    let wrong = dir.path().join("wrong.png");
+    let out = generate(&wrong, &["--seed", "5", "--style", "mbtZR/Z/jqAif/G2kOcA2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("version 2") && err.contains("version 1"), "{err}");
+    assert!(!wrong.exists());
+}
+
+#[test]
+fn style_image_is_encoded_and_its_code_printed_and_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let drawing = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/images/drawing.png");
+    let drawing = drawing.display().to_string();
+    let encoded = Command::new(env!("CARGO_BIN_EXE_stylecode")).args(["encode", &drawing, "--weights", &weights()]).output().unwrap();
+    ok(&encoded);
+    let code = stdout(&encoded).trim().to_string();
+
+    let out_path = dir.path().join("from-image.png");
+    let out = generate(&out_path, &["--seed", "5", "--style-image", &drawing]);
+    ok(&out);
+    assert!(stdout(&out).contains(&format!("style code: {code}")), "{}", stdout(&out));
+    assert_eq!(get(&text(&out_path), "stylecode"), code);
+    // The same as giving the code itself (the release's quantise round trip).
+    let by_code = dir.path().join("by-code.png");
+    ok(&generate(&by_code, &["--seed", "5", "--style", &code]));
+    assert_eq!(pixels(&by_code), pixels(&out_path));
+
+    // `encode` on the generated PNG reports the code it carries.
+    let path = out_path.display().to_string();
+    let report = Command::new(env!("CARGO_BIN_EXE_stylecode")).args(["encode", &path, "--json", "--weights", &weights()]).output().unwrap();
+    ok(&report);
+    let json: serde_json::Value = serde_json::from_str(stdout(&report).trim()).unwrap();
+    assert_eq!(json["stored_code"], code.as_str());
+    assert_eq!(json["code"].as_str().unwrap().len(), 21);
+}
+
+#[test]
+fn random_codes_are_valid_and_seeded() {
+    let run = |seed: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_stylecode")).args(["random", "--seed", seed]).output().unwrap();
+        ok(&out);
+        stdout(&out).trim().to_string()
+    };
+    let (a, b, c) = (run("1"), run("1"), run("2"));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(burn_stylecode::StyleCode::parse(&a).is_ok() && a.ends_with('1'));
+}
