@@ -732,22 +732,29 @@ pub fn lines(tensors: &[ExpectedTensor]) -> Vec<String> {
     lines
 }
 
-/// Sorted "ldm_key diffusers_key [ldm shape]" lines of a whole SD1.5 single
-/// file (the first LDM name of each row).
-pub fn ldm_mapping_lines(unet: &UnetConfig, vae: &VaeConfig, clip: &ClipTextConfig) -> Result<Vec<String>, Unsupported> {
+/// Every tensor of an SD1.5 single file with the original LDM names:
+/// (LDM key, diffusers key, shape as LDM stores it), in table order.
+pub fn ldm_single_file(unet: &UnetConfig, vae: &VaeConfig, clip: &ClipTextConfig) -> Result<Vec<(String, String, Vec<usize>)>, Unsupported> {
     let mut rows = unet_rows(unet)?;
     rows.extend(vae_rows(vae)?);
     rows.extend(clip_text_rows(clip));
-    let mut lines: Vec<String> = rows
-        .iter()
+    Ok(rows
+        .into_iter()
         .map(|row| {
             let mut shape = row.expected.shape.clone();
             if row.squeezable {
                 shape.extend([1, 1]);
             }
-            format!("{} {} {:?}", row.ldm[0], row.expected.key, shape)
+            (row.ldm[0].clone(), row.expected.key, shape)
         })
-        .collect();
+        .collect())
+}
+
+/// Sorted "ldm_key diffusers_key [ldm shape]" lines of a whole SD1.5 single
+/// file (the first LDM name of each row).
+pub fn ldm_mapping_lines(unet: &UnetConfig, vae: &VaeConfig, clip: &ClipTextConfig) -> Result<Vec<String>, Unsupported> {
+    let mut lines: Vec<String> =
+        ldm_single_file(unet, vae, clip)?.into_iter().map(|(ldm, key, shape)| format!("{ldm} {key} {shape:?}")).collect();
     lines.sort();
     Ok(lines)
 }
