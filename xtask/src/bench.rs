@@ -49,7 +49,7 @@ fn write_random_checkpoint(path: &Path, tensors: &[(String, Vec<usize>)]) -> Res
         offset += len;
     }
     let mut text = serde_json::Value::Object(header).to_string();
-    while (8 + text.len()) % 8 != 0 {
+    while !(8 + text.len()).is_multiple_of(8) {
         text.push(' ');
     }
     let mut out = BufWriter::with_capacity(8 << 20, std::fs::File::create(path)?);

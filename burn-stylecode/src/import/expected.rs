@@ -350,8 +350,7 @@ pub(crate) fn unet_rows(config: &UnetConfig) -> Result<Vec<Row>, Unsupported> {
     // resnet in `.0`, attention in `.1`, the downsampler alone in `.0.op`.
     let mut input_block = 1;
     let mut cin = c0;
-    for b in 0..blocks {
-        let cout = channels[b];
+    for (b, &cout) in channels.iter().enumerate() {
         let layers = per(&config.layers_per_block, b);
         let attention = config.down_block_types[b].starts_with("CrossAttn");
         let block = At::new(format!("down_blocks.{b}"), "");

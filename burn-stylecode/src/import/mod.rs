@@ -133,8 +133,8 @@ pub enum ImportError {
     BadPickle { path: PathBuf, reason: String },
     #[error("{}: {} tensor(s) needed by {model} missing: {}", path.display(), keys.len(), preview(keys))]
     MissingTensors { path: PathBuf, model: String, keys: Vec<String> },
-    #[error("{}: tensor `{key}` ({model}) has shape {found:?}, expected {expected:?}{}", path.display(), more_text(*more))]
-    WrongShape { path: PathBuf, model: String, key: String, expected: Vec<usize>, found: Vec<usize>, more: usize },
+    #[error("{}: tensor `{key}` has shape {found:?}, expected {expected:?}{}", path.display(), more_text(*more))]
+    WrongShape { path: PathBuf, key: String, expected: Vec<usize>, found: Vec<usize>, more: usize },
     #[error("{}: tensor `{key}` has dtype {dtype}, expected a float tensor", path.display())]
     WrongDtype { path: PathBuf, key: String, dtype: String },
     #[error("{}: {message}", path.display())]
@@ -227,7 +227,7 @@ pub(crate) fn match_rows(
         return Err(ImportError::MissingTensors { path: checkpoint.path().into(), model: model.into(), keys: missing });
     }
     if let Some((key, expected, found)) = wrong.first().cloned() {
-        return Err(ImportError::WrongShape { path: checkpoint.path().into(), model: model.into(), key, expected, found, more: wrong.len() - 1 });
+        return Err(ImportError::WrongShape { path: checkpoint.path().into(), key, expected, found, more: wrong.len() - 1 });
     }
     Ok(out)
 }

@@ -362,7 +362,7 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, dict: Id, items: Vec<Id>) -> Result<(), ImportError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.bad("odd number of items for a dict"));
         }
         match &mut self.nodes[dict] {

@@ -133,7 +133,7 @@ impl Staging {
         }
         let mut text = serde_json::to_string(&Value::Object(header)).expect("JSON values serialise");
         // The data must start 8-byte aligned; the format pads with spaces.
-        while (8 + text.len()) % 8 != 0 {
+        while !(8 + text.len()).is_multiple_of(8) {
             text.push(' ');
         }
         let (path, mut writer) = self.create(rel)?;
