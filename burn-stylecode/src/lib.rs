@@ -8,6 +8,7 @@
 pub mod autoencoder;
 pub mod code;
 pub mod error;
+pub mod import;
 pub mod nn;
 pub mod png_text;
 pub mod preprocess;

@@ -1,27 +1,50 @@
 //! `cargo xtask …`: project chores that are not part of the library or CLI.
 
-use anyhow::{bail, Result};
+mod bench;
+mod hub;
+mod import_weights;
 
-const USAGE: &str = "usage: cargo xtask <task>
+use anyhow::Result;
+use clap::{Parser, Subcommand};
 
-tasks:
-  fixtures   print how to regenerate the PyTorch parity fixtures";
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Project chores: weight import, benchmarks, fixtures", arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
 
-fn main() -> Result<()> {
-    let task = std::env::args().nth(1);
-    match task.as_deref() {
-        Some("fixtures") => {
+#[derive(Subcommand)]
+enum Task {
+    /// Print how to regenerate the PyTorch parity fixtures.
+    Fixtures,
+    /// Bring the real checkpoints (StyleCodes, SigLIP, SD1.5) into the weights
+    /// folder, verified, from local files or the HuggingFace hub.
+    ImportWeights(import_weights::ImportArgs),
+    /// Time importing a random full-size SD1.5 single file (~2 GB, made in a
+    /// temporary folder and deleted), and opening the imported weights.
+    BenchImport(bench::BenchArgs),
+}
+
+fn main() {
+    if let Err(error) = run(Cli::parse().task) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Fixtures => {
             println!(
                 "The parity fixtures are made with PyTorch, by hand, outside CI:\n\
                  python3 -m venv /somewhere/outside/the/repo && /somewhere/.../bin/pip install torch transformers diffusers safetensors pillow numpy\n\
-                 /somewhere/.../bin/python tests/fixtures/make_fixtures.py"
+                 /somewhere/.../bin/python tests/fixtures/make_fixtures.py\n\
+                 /somewhere/.../bin/python tests/fixtures/make_import_fixtures.py"
             );
             Ok(())
         }
-        Some(other) => bail!("unknown task `{other}`\n\n{USAGE}"),
-        None => {
-            println!("{USAGE}");
-            Ok(())
-        }
+        Task::ImportWeights(args) => import_weights::run(&args, &hub::HubEnv::from_env(args.offline)),
+        Task::BenchImport(args) => bench::run(&args),
     }
 }
