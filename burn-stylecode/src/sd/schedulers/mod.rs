@@ -6,7 +6,7 @@
 //! know are ignored and missing ones take that scheduler's defaults) and a
 //! number of inference steps. The sampling loop is then
 //!
-//! ```ignore
+//! ```text
 //! let mut scheduler = build_scheduler::<B>(kind, &config, 20, None)?;
 //! let mut latents = noise.mul_scalar(scheduler.init_noise_sigma());
 //! for (i, &t) in scheduler.timesteps().to_vec().iter().enumerate() {
