@@ -67,7 +67,7 @@ def mix(linear, h_ctrl, h_base, s=0.9):
 
 
 def styled_step():
-    temb = unet.time_embedding(unet.time_proj(t).expand(2))
+    temb = unet.time_embedding(unet.time_proj(t.expand(2)))
     h = unet.conv_in(sample)
     skips = [h]
     for sb in sub_blocks(unet.down_blocks):
