@@ -12,8 +12,9 @@
 
 use crate::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
 use crate::sd::unet_2d_blocks::{MidBlock2DCrossAttn, UpBlock2D, UpSubBlocks};
-use burn::module::{Module, Param};
-use burn::nn::{Linear, LinearConfig};
+use burn::module::Module;
+use crate::nn::linear_config;
+use burn::nn::{Initializer, Linear};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -89,13 +90,11 @@ pub struct Mixer<B: Backend> {
 
 impl<B: Backend> Mixer<B> {
     fn new(width: usize, init: MixInit, device: &B::Device) -> Self {
-        let mut linear = LinearConfig::new(width, width).init(device);
-        let weight = match init {
-            MixInit::Identity => Tensor::eye(width, device),
-            MixInit::ZeroResidual => Tensor::zeros([width, width], device),
-        };
-        linear.weight = Param::from_tensor(weight);
-        linear.bias = Some(Param::from_tensor(Tensor::zeros([width], device)));
+        let mut linear = linear_config(width, width).with_initializer(Initializer::Zeros).init(device);
+        if init == MixInit::Identity {
+            // `map` keeps the parameter's id and its layout mappers.
+            linear.weight = linear.weight.map(|zeros| zeros + Tensor::eye(width, device));
+        }
         Self { linear, residual: init == MixInit::ZeroResidual }
     }
 

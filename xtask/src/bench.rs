@@ -4,10 +4,14 @@
 //! It writes a random checkpoint with every tensor of SD1.5 under its
 //! original LDM name and shape (f16: ~2.1 GB) into a temporary folder,
 //! imports it, reruns the import (which only verifies), opens the imported
-//! files as the loaders do (mmap + header) and reads every tensor, then
-//! deletes everything. Warm page cache: the numbers are for a warm disk.
+//! files as the loaders do (mmap + header), reads every tensor, loads the
+//! whole pipeline on burn-flex in f32 and f16 as `stylecode generate` does,
+//! then deletes everything. Warm page cache: the numbers are for a warm disk.
 
 use anyhow::{Context, Result};
+use burn::backend::Flex;
+use burn::tensor::DType;
+use burn_stylecode::sd::pipeline::StableDiffusion;
 use burn_stylecode::import::{expected, sd15_from_single_file, ClipTextConfig, ImportOptions, Sd15Configs, UnetConfig, VaeConfig, WeightDtype};
 use burn_stylecode::weights::safetensors::TensorFile;
 use std::io::{BufWriter, Write};
@@ -22,6 +26,9 @@ pub struct BenchArgs {
     /// Storage type of the imported weights.
     #[arg(long, default_value = "f16", value_parser = |s: &str| s.parse::<WeightDtype>())]
     pub dtype: WeightDtype,
+    /// Start-up loads timed per dtype.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
     /// Keep the temporary folder.
     #[arg(long)]
     pub keep: bool,
@@ -92,10 +99,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let tensors: Vec<(String, Vec<usize>)> =
         expected::ldm_single_file(&unet, &vae, &clip).map_err(|e| anyhow::anyhow!("{e}"))?.into_iter().map(|(ldm, _, shape)| (ldm, shape)).collect();
 
-    // A stand-in tokenizer: the import copies these files, it does not read them.
+    // A stand-in tokenizer: the import copies it; the start-up load builds it.
     let tokenizer = root.join("tokenizer");
     std::fs::create_dir_all(&tokenizer)?;
-    std::fs::write(tokenizer.join("vocab.json"), "{\"a</w>\": 0}\n")?;
+    std::fs::write(tokenizer.join("vocab.json"), "{\"a</w>\": 0, \"<|startoftext|>\": 1, \"<|endoftext|>\": 2}\n")?;
     std::fs::write(tokenizer.join("merges.txt"), "#version: 0.2\n")?;
     let configs = configs.with_tokenizer(&tokenizer);
 
@@ -145,6 +152,28 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let read = seconds(start);
     println!("start-up: every tensor read to f32 through the mmap ({:.2} G values): {read:.2} s", values as f64 / 1e9);
+
+    // Start-up as `stylecode generate` does it, through the real loaders.
+    // A weight stored in the dtype asked for is borrowed from the memory map;
+    // its pages are then mapped in on first use (warm page cache: minor faults).
+    let device = Default::default();
+    for (name, dtype) in [("f32", DType::F32), ("f16", DType::F16)] {
+        let mut times = Vec::new();
+        for _ in 0..args.repeats {
+            let start = Instant::now();
+            let model = StableDiffusion::<Flex>::load(&report.dir, dtype, &device)?;
+            times.push(seconds(start));
+            drop(model);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "start-up: StableDiffusion::load on burn-flex as {name} from {} files (tokenizer, CLIP, UNet, VAE): median {:.3} s, best {:.3} s of {}",
+            args.dtype.name(),
+            times[times.len() / 2],
+            times[0],
+            times.len()
+        );
+    }
 
     if args.keep {
         println!("kept: {}", base.keep().display());

@@ -6,7 +6,8 @@
 //! into this one module: the loader splits the packed form.
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use super::linear_config;
+use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -28,7 +29,7 @@ impl MultiHeadAttentionConfig {
             self.d_model,
             self.num_heads
         );
-        let linear = || LinearConfig::new(self.d_model, self.d_model).init(device);
+        let linear = || linear_config(self.d_model, self.d_model).init(device);
         MultiHeadAttention {
             q_proj: linear(),
             k_proj: linear(),

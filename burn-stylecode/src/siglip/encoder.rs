@@ -1,6 +1,7 @@
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::module::Module;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use crate::nn::linear_config;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::gelu_approximate;
 
@@ -51,8 +52,8 @@ pub struct SiglipMlp<B: Backend> {
 impl<B: Backend> SiglipMlp<B> {
     pub fn new(hidden: usize, intermediate: usize, device: &B::Device) -> Self {
         Self {
-            fc1: LinearConfig::new(hidden, intermediate).init(device),
-            fc2: LinearConfig::new(intermediate, hidden).init(device),
+            fc1: linear_config(hidden, intermediate).init(device),
+            fc2: linear_config(intermediate, hidden).init(device),
         }
     }
 

@@ -1,20 +1,38 @@
 //! A memory-mapped safetensors file: the header is parsed once, tensor
 //! bytes are read only when a module asks for them.
+//!
+//! A tensor stored in the dtype it is asked for is handed out without a
+//! copy: its [`TensorData`] borrows the mapping (burn copies it only if
+//! something writes to it, or to move it to a GPU). Any other dtype is
+//! converted in one pass, in parallel chunks, straight from the mapping.
 
 use crate::error::{Error, Result};
+use burn::tensor::{AllocationProperty, Bytes, DType, TensorData};
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 use memmap2::Mmap;
+use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorInfo};
 use safetensors::SafeTensors;
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+// safetensors stores little-endian values, which we reinterpret in place.
+#[cfg(target_endian = "big")]
+compile_error!("burn-stylecode reads safetensors in place and needs a little-endian target");
+
+/// Elements converted per parallel task.
+const CHUNK: usize = 1 << 16;
 
 /// One `.safetensors` file.
 #[derive(Clone)]
 pub struct TensorFile {
     path: PathBuf,
-    mmap: Arc<Mmap>,
+    /// The whole mapped file; slices of it share the mapping.
+    map: bytes::Bytes,
     data_start: usize,
     tensors: Arc<BTreeMap<String, TensorInfo>>,
 }
@@ -24,12 +42,12 @@ impl TensorFile {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         // SAFETY: the map is read-only; the file is not expected to change
-        // while a model loads (as with every mmap-based weight loader).
+        // while a model uses it (as with every mmap-based weight loader).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
             .map_err(|e| Error::Safetensors { path: path.clone(), message: format!("{e:?}") })?;
         let tensors = metadata.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
-        Ok(Self { path, mmap: Arc::new(mmap), data_start: 8 + header_len, tensors: Arc::new(tensors) })
+        Ok(Self { path, map: bytes::Bytes::from_owner(mmap), data_start: 8 + header_len, tensors: Arc::new(tensors) })
     }
 
     pub fn path(&self) -> &Path {
@@ -49,31 +67,170 @@ impl TensorFile {
         self.tensors.get(key).map(|info| info.shape.as_slice())
     }
 
+    /// The tensor as `dtype` (from F32, F16 or BF16 storage), in its stored layout.
+    pub fn read(&self, key: &str, dtype: DType) -> Result<TensorData> {
+        self.read_rows(key, 0, 1, dtype)
+    }
+
+    /// Row block `index` of `parts` equal blocks along the first axis (one
+    /// of PyTorch's packed q/k/v projections), as `dtype`.
+    pub fn read_rows(&self, key: &str, index: usize, parts: usize, dtype: DType) -> Result<TensorData> {
+        let info = self.info(key)?;
+        let stored = self.stored_dtype(key, info)?;
+        let mut shape = info.shape.clone();
+        let rows = shape.first().copied().unwrap_or(1);
+        if parts == 0 || index >= parts || rows % parts != 0 {
+            return Err(Error::Other(format!(
+                "{}: `{key}` with shape {shape:?} cannot be split into {parts} row blocks",
+                self.path.display()
+            )));
+        }
+        let mut range = self.byte_range(info);
+        let block = range.len() / parts;
+        range = range.start + index * block..range.start + (index + 1) * block;
+        if let Some(first) = shape.first_mut() {
+            *first /= parts;
+        }
+        let bytes = self.map.slice(range);
+        if stored == dtype && (bytes.as_ptr() as usize).is_multiple_of(dtype.size()) {
+            return Ok(TensorData::from_bytes(Bytes::from_shared(bytes, AllocationProperty::File), shape, dtype));
+        }
+        convert(&bytes, stored, dtype, shape).ok_or_else(|| Error::UnsupportedDtype {
+            path: self.path.clone(),
+            key: key.to_string(),
+            dtype: format!("{dtype:?} (as a target)"),
+        })
+    }
+
     /// The tensor's values as f32 (from F32, F16 or BF16 storage).
     pub fn read_f32(&self, key: &str) -> Result<Vec<f32>> {
-        let info = self.tensors.get(key).ok_or_else(|| Error::MissingTensor {
+        let data = self.read(key, DType::F32)?;
+        data.into_vec::<f32>().map_err(|e| Error::Other(format!("{}: `{key}`: {e:?}", self.path.display())))
+    }
+
+    fn info(&self, key: &str) -> Result<&TensorInfo> {
+        self.tensors.get(key).ok_or_else(|| Error::MissingTensor {
             path: self.path.clone(),
             key: key.to_string(),
             module: "the caller".into(),
-        })?;
+        })
+    }
+
+    fn stored_dtype(&self, key: &str, info: &TensorInfo) -> Result<DType> {
+        match info.dtype {
+            Dtype::F32 => Ok(DType::F32),
+            Dtype::F16 => Ok(DType::F16),
+            Dtype::BF16 => Ok(DType::BF16),
+            other => Err(Error::UnsupportedDtype {
+                path: self.path.clone(),
+                key: key.to_string(),
+                dtype: format!("{other:?}"),
+            }),
+        }
+    }
+
+    fn byte_range(&self, info: &TensorInfo) -> Range<usize> {
         let (start, end) = info.data_offsets;
-        let bytes = &self.mmap[self.data_start + start..self.data_start + end];
-        let values = match info.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => {
-                bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
-            Dtype::BF16 => {
-                bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
-            other => {
-                return Err(Error::UnsupportedDtype {
-                    path: self.path.clone(),
-                    key: key.to_string(),
-                    dtype: format!("{other:?}"),
-                })
-            }
-        };
-        Ok(values)
+        self.data_start + start..self.data_start + end
+    }
+}
+
+/// `bytes` (little-endian `from` values) as a `to` tensor; `None` for a
+/// target dtype other than F32, F16 or BF16.
+fn convert(bytes: &[u8], from: DType, to: DType, shape: Vec<usize>) -> Option<TensorData> {
+    let data = match to {
+        DType::F32 => TensorData::new(fill(bytes, from, |src, dst| decode_f32(src, from, dst)), shape),
+        DType::F16 => TensorData::new(fill(bytes, from, |src, dst: &mut [f16]| encode(src, from, to, dst)), shape),
+        DType::BF16 => TensorData::new(fill(bytes, from, |src, dst: &mut [bf16]| encode(src, from, to, dst)), shape),
+        _ => return None,
+    };
+    Some(data)
+}
+
+/// A new vector of `bytes.len() / from.size()` values, decoded chunk by
+/// chunk on all cores. The zeroed allocation is first touched by the
+/// workers, so its page faults are spread over the cores too.
+fn fill<T, F>(bytes: &[u8], from: DType, decode: F) -> Vec<T>
+where
+    T: bytemuck::Pod + Send,
+    F: Fn(&[u8], &mut [T]) + Sync,
+{
+    let mut out = vec![T::zeroed(); bytes.len() / from.size()];
+    out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * from.size())).for_each(|(dst, src)| decode(src, dst));
+    out
+}
+
+/// Little-endian `from` values (F32, F16 or BF16) → f32.
+fn decode_f32(src: &[u8], from: DType, dst: &mut [f32]) {
+    match from {
+        DType::F16 => aligned(src, |values: &[f16]| values.convert_to_f32_slice(dst)),
+        DType::BF16 => aligned(src, |values: &[bf16]| values.convert_to_f32_slice(dst)),
+        _ => bytemuck::cast_slice_mut(dst).copy_from_slice(src),
+    }
+}
+
+/// Little-endian `from` values (F32, F16 or BF16) → the half type `H`, whose dtype is `to`.
+fn encode<H>(src: &[u8], from: DType, to: DType, dst: &mut [H])
+where
+    H: bytemuck::Pod,
+    [H]: HalfFloatSliceExt,
+{
+    if from == to {
+        bytemuck::cast_slice_mut(dst).copy_from_slice(src);
+    } else if from == DType::F32 {
+        aligned(src, |values: &[f32]| dst.convert_from_f32_slice(values));
+    } else {
+        let mut wide = vec![0f32; dst.len()];
+        decode_f32(src, from, &mut wide);
+        dst.convert_from_f32_slice(&wide);
+    }
+}
+
+/// Runs `f` on `src` viewed as `T`s, copying first if the bytes are not
+/// aligned for `T` (a file may place a tensor at any offset).
+fn aligned<T: bytemuck::Pod, R>(src: &[u8], f: impl FnOnce(&[T]) -> R) -> R {
+    match bytemuck::try_cast_slice(src) {
+        Ok(values) => f(values),
+        Err(_) => {
+            let mut copy = vec![T::zeroed(); src.len() / std::mem::size_of::<T>()];
+            bytemuck::cast_slice_mut(&mut copy).copy_from_slice(src);
+            f(&copy)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn le_bytes_f32(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn converts_between_float_types_at_any_alignment() {
+        let values: Vec<f32> = (0..(3 * CHUNK + 17)).map(|i| (i as f32 - 1000.0) * 0.125).collect();
+        for offset in [0, 1] {
+            // Shift the source by one byte to exercise the unaligned path.
+            let mut bytes = vec![0u8; offset];
+            bytes.extend(le_bytes_f32(&values));
+            let bytes = &bytes[offset..];
+            let shape = vec![values.len()];
+            let f32s = convert(bytes, DType::F32, DType::F32, shape.clone()).unwrap();
+            assert_eq!(f32s.to_vec::<f32>().unwrap(), values);
+            let halves = convert(bytes, DType::F32, DType::F16, shape.clone()).unwrap();
+            let expected: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+            assert_eq!(halves.to_vec::<f16>().unwrap(), expected);
+            let half_bytes: Vec<u8> = expected.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let mut shifted = vec![0u8; offset];
+            shifted.extend(half_bytes);
+            let back = convert(&shifted[offset..], DType::F16, DType::F32, shape.clone()).unwrap();
+            let expected_back: Vec<f32> = expected.iter().map(|v| v.to_f32()).collect();
+            assert_eq!(back.to_vec::<f32>().unwrap(), expected_back);
+            let brain = convert(&shifted[offset..], DType::F16, DType::BF16, shape.clone()).unwrap();
+            let expected_brain: Vec<bf16> = expected.iter().map(|v| bf16::from_f32(v.to_f32())).collect();
+            assert_eq!(brain.to_vec::<bf16>().unwrap(), expected_brain);
+        }
+        assert!(convert(&[0; 8], DType::F32, DType::I32, vec![2]).is_none());
     }
 }

@@ -3,8 +3,9 @@
 //! Every model's key remapping lives here. For each parameter of a module
 //! we work out where its values sit in the file (a tensor of another name,
 //! or one third of a packed q/k/v tensor), check that it is there with the
-//! right shape, and hand burn-store a lazy snapshot that reads, converts and
-//! lays it out only when applied. Loading is strict within the module's own
+//! right shape, and hand burn-store a lazy snapshot that reads it only when
+//! applied: borrowed from the memory map when the file already holds the
+//! dtype asked for, converted in one pass otherwise. Loading is strict within the module's own
 //! prefix: a missing tensor, a wrong shape or a leftover tensor is an error
 //! that names the key; tensors of other models in the same file are ignored.
 
@@ -127,15 +128,11 @@ pub(crate) fn load_module<B: Backend, M: Module<B>>(mut module: M, file: &Tensor
             key: full_key.clone(),
             module: map.module.to_string(),
         })?;
-        // What the file must hold for this parameter, in PyTorch layout.
-        let is_linear_weight = slot.containers.last().is_some_and(|c| c == "Struct:Linear")
-            && slot.path.last().is_some_and(|p| p == "weight");
+        // Every Linear keeps PyTorch's [out, in] layout (`nn::linear_config`),
+        // so each parameter is stored exactly as the file holds it.
         let mut expected = slot.shape.clone();
-        if is_linear_weight {
-            expected.reverse();
-        }
-        if let Some((_, parts)) = rows {
-            expected[0] *= parts;
+        if let (Some((_, parts)), Some(rows)) = (rows, expected.first_mut()) {
+            *rows *= parts;
         }
         if found != expected.as_slice() {
             return Err(Error::ShapeMismatch {
@@ -148,17 +145,9 @@ pub(crate) fn load_module<B: Backend, M: Module<B>>(mut module: M, file: &Tensor
         consumed.insert(full_key.clone());
 
         let reader = file.clone();
-        let shape = slot.shape.clone();
         let read = move || -> Result<TensorData, TensorSnapshotError> {
-            let mut values = reader.read_f32(&full_key).map_err(|e| TensorSnapshotError::IoError(e.to_string()))?;
-            if let Some((index, parts)) = rows {
-                let block = values.len() / parts;
-                values = values[index * block..(index + 1) * block].to_vec();
-            }
-            if is_linear_weight {
-                values = transpose(&values, shape[1], shape[0]);
-            }
-            Ok(TensorData::new(values, shape.clone()).convert_dtype(dtype))
+            let (index, parts) = rows.unwrap_or((0, 1));
+            reader.read_rows(&full_key, index, parts, dtype).map_err(|e| TensorSnapshotError::IoError(e.to_string()))
         };
         snapshots.push(TensorSnapshot::from_closure(
             Rc::new(read),
@@ -194,17 +183,6 @@ pub(crate) fn load_module<B: Backend, M: Module<B>>(mut module: M, file: &Tensor
     Ok(module)
 }
 
-/// [rows, cols] row-major → [cols, rows].
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,10 +197,5 @@ mod tests {
             packed_projection("head.attention", "out_proj.weight"),
             Source::Tensor("head.attention.out_proj.weight".into())
         );
-    }
-
-    #[test]
-    fn transpose_swaps_axes() {
-        assert_eq!(transpose(&[1., 2., 3., 4., 5., 6.], 2, 3), vec![1., 4., 2., 5., 3., 6.]);
     }
 }
