@@ -211,3 +211,27 @@ fn random_codes_are_valid_and_seeded() {
     assert_ne!(a, c);
     assert!(burn_stylecode::StyleCode::parse(&a).is_ok() && a.ends_with('1'));
 }
+
+/// f16 is the default on GPU backends; `--dtype f16` runs the same path on
+/// the CPU. Every network (CLIP, UNet, VAE, style control, SigLIP and the
+/// autoencoder for `--style-image`) must run in f16 and land close to f32.
+#[test]
+fn f16_runs_every_network_and_stays_close_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let drawing = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/images/drawing.png");
+    let drawing = drawing.display().to_string();
+    for (name, style) in [("plain", vec![]), ("code", vec!["--style", CODE_A]), ("image", vec!["--style-image", drawing.as_str()])] {
+        let [full, half] = ["f32", "f16"].map(|dtype| dir.path().join(format!("{name}-{dtype}.png")));
+        for (path, dtype) in [(&full, "f32"), (&half, "f16")] {
+            let mut args = vec!["--seed", "9", "--dtype", dtype];
+            args.extend(&style);
+            ok(&generate(path, &args));
+        }
+        let (a, b) = (pixels(&full), pixels(&half));
+        let diffs: Vec<i32> = a.iter().zip(&b).map(|(x, y)| (i32::from(*x) - i32::from(*y)).abs()).collect();
+        let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
+        let max = diffs.iter().max().copied().unwrap_or(0);
+        eprintln!("{name}: f16 vs f32 pixels: mean |diff| {mean:.3}, max {max}");
+        assert!(mean <= 1.0 && max <= 8, "{name}: f16 strays from f32: mean |diff| {mean:.3}, max {max}");
+    }
+}

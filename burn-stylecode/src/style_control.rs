@@ -201,10 +201,11 @@ impl<B: Backend> StyleCodes<B> {
         Ok(Self { autoencoder, control, version: config.version })
     }
 
-    /// The control branch's input for code latents [B, 20] (dequantised),
-    /// at the mid-block grid [h, w]. Constant over a generation: compute it
-    /// once, outside the denoising loop.
+    /// The control branch's input for code latents [B, 20] (dequantised, any
+    /// float dtype), at the mid-block grid [h, w], in the model's dtype.
+    /// Constant over a generation: compute it once, outside the denoising loop.
     pub fn features(&self, latents: Tensor<B, 2>, [height, width]: [usize; 2]) -> Tensor<B, 4> {
+        let latents = latents.cast(self.autoencoder.tgt_init.val().dtype());
         self.autoencoder.decode(latents, height, width)
     }
 }

@@ -49,8 +49,9 @@ impl<B: Backend> StyleEncoder<B> {
         Ok(Self { siglip, autoencoder, image_size: siglip_config.image_size as u32, version: config.version })
     }
 
-    /// Normalised pixels [B, 3, S, S] → latent [B, 20].
+    /// Normalised pixels [B, 3, S, S] (any float dtype) → latent [B, 20] in the model's dtype.
     pub fn latent(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 2> {
+        let pixel_values = pixel_values.cast(self.autoencoder.tgt_init.val().dtype());
         self.autoencoder.encode(self.siglip.penultimate(pixel_values))
     }
 

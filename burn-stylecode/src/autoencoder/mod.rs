@@ -14,7 +14,8 @@ pub use quantize::{quantize_dequantize, straight_through};
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::module::{Module, Param};
 use crate::nn::linear_config;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::nn::Linear;
+use crate::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -93,7 +94,7 @@ impl<B: Backend> AttentionAutoencoder<B> {
         let [batch, len, _] = src.dims();
         let src = self.input_proj.forward(src);
         let [_, _, d_model] = src.dims();
-        let src = src + sinusoidal_table::<B>(len, d_model, &self.tgt_init.device()).unsqueeze::<3>();
+        let src = src + sinusoidal_table::<B>(len, d_model, &self.tgt_init.device(), self.tgt_init.val().dtype()).unsqueeze::<3>();
         let query = self.latent_init.val().unsqueeze::<3>().expand([batch, 1, d_model]);
         let latent = self
             .attention_layers
@@ -108,7 +109,7 @@ impl<B: Backend> AttentionAutoencoder<B> {
         let [batch, _] = latent.dims();
         let memory = self.latent_to_d_model.forward(latent).unsqueeze_dim::<3>(1);
         let [_, d_model] = self.tgt_init.dims();
-        let positions = sinusoidal_table::<B>(h * w, d_model, &self.tgt_init.device());
+        let positions = sinusoidal_table::<B>(h * w, d_model, &self.tgt_init.device(), self.tgt_init.val().dtype());
         let target = (positions + self.tgt_init.val()).unsqueeze::<3>().expand([batch, h * w, d_model]);
         let out = self
             .decoder_layers

@@ -1,11 +1,13 @@
 use burn::prelude::*;
+use burn::tensor::DType;
 
 /// The classic sinusoidal table [len, d_model]: even columns
 /// `sin(pos / 10000^(2i/d))`, odd columns the matching cosine.
 ///
 /// Computed in f32 exactly as the reference builds its `pe` buffer.
-pub fn sinusoidal_table<B: Backend>(len: usize, d_model: usize, device: &B::Device) -> Tensor<B, 2> {
-    Tensor::from_data(TensorData::new(sinusoidal_values(len, d_model), [len, d_model]), device)
+/// Like the reference's buffer, it then takes the model's `dtype`.
+pub fn sinusoidal_table<B: Backend>(len: usize, d_model: usize, device: &B::Device, dtype: DType) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(sinusoidal_values(len, d_model), [len, d_model]), (device, dtype))
 }
 
 pub(crate) fn sinusoidal_values(len: usize, d_model: usize) -> Vec<f32> {

@@ -6,7 +6,8 @@ use crate::nn::attention::attend;
 use burn::module::Module;
 use crate::nn::linear_config;
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::Linear;
+use crate::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 

@@ -52,13 +52,16 @@ impl Timesteps {
         (0..half).map(|i| ((log_period * i as f32) / denominator).exp()).collect()
     }
 
-    /// `timesteps` `[N]` (possibly fractional) → `[N, num_channels]`.
+    /// `timesteps` `[N]` (possibly fractional) → `[N, num_channels]`, in
+    /// the backend's default float type.
     pub fn forward<B: Backend>(&self, timesteps: Tensor<B, 1>) -> Tensor<B, 2> {
         let device = timesteps.device();
         let [n] = timesteps.dims();
         let frequencies = self.frequencies();
         let half = frequencies.len();
         let frequencies = Tensor::<B, 1>::from_floats(frequencies.as_slice(), &device);
+        // In the backend's float type (f32) whatever the model's dtype, as diffusers does.
+        let timesteps = timesteps.cast(frequencies.dtype());
         let angles = timesteps.unsqueeze_dim::<2>(1) * frequencies.unsqueeze_dim::<2>(0);
         let (sin, cos) = (angles.clone().sin(), angles.cos());
         let mut halves = if self.flip_sin_to_cos { vec![cos, sin] } else { vec![sin, cos] };

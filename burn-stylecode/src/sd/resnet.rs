@@ -3,7 +3,8 @@
 use burn::module::Module;
 use crate::nn::linear_config;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Dropout, DropoutConfig, GroupNorm, GroupNormConfig, Linear, PaddingConfig2d};
+use burn::nn::{Dropout, DropoutConfig, Linear, PaddingConfig2d};
+use crate::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
@@ -121,13 +122,11 @@ pub struct Downsample2DConfig {
 impl Downsample2DConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Downsample2D<B> {
         let p = self.padding;
-        let padding =
-            if p == 0 { PaddingConfig2d::Explicit(0, 0, 1, 1) } else { PaddingConfig2d::Explicit(p, p, p, p) };
         let conv = Conv2dConfig::new([self.channels, self.channels], [3, 3])
             .with_stride([2, 2])
-            .with_padding(padding)
+            .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
             .init(device);
-        Downsample2D { conv }
+        Downsample2D { conv, pad_bottom_right: p == 0 }
     }
 }
 
@@ -135,10 +134,21 @@ impl Downsample2DConfig {
 #[derive(Module, Debug)]
 pub struct Downsample2D<B: Backend> {
     pub conv: Conv2d<B>,
+    /// The VAE's padding: one zero row and column at the bottom and right.
+    pub pad_bottom_right: bool,
 }
 
 impl<B: Backend> Downsample2D<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if !self.pad_bottom_right {
+            return self.conv.forward(x);
+        }
+        // Padded here rather than by burn's asymmetric conv padding, whose
+        // zeros are made in the default float type (f32) whatever `x` is.
+        let [batch, channels, height, width] = x.dims();
+        let options = (&x.device(), x.dtype());
+        let x = Tensor::cat(vec![x, Tensor::zeros([batch, channels, height, 1], options)], 3);
+        let x = Tensor::cat(vec![x, Tensor::zeros([batch, channels, 1, width + 1], options)], 2);
         self.conv.forward(x)
     }
 }

@@ -20,7 +20,7 @@ use super::unet_2d_blocks::{
 };
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, GroupNormConfig};
+use crate::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::Deserialize;
@@ -410,7 +410,9 @@ pub struct UNet2DConditionModel<B: Backend> {
 impl<B: Backend> UNet2DConditionModel<B> {
     /// `timesteps` `[N]` → `temb` `[N, time_embed_dim]`.
     pub fn time_embedding(&self, timesteps: Tensor<B, 1>) -> Tensor<B, 2> {
-        self.time_embedding.forward(self.time_proj.forward(timesteps))
+        // The sinusoids are computed in f32, then cast to the model's dtype (as diffusers does).
+        let dtype = self.time_embedding.linear_1.weight.val().dtype();
+        self.time_embedding.forward(self.time_proj.forward(timesteps).cast(dtype))
     }
 
     /// The first convolution: latents [B, in, H, W] → [B, C0, H, W]. Its

@@ -7,7 +7,7 @@ use super::unet_2d_blocks::{
 };
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, GroupNormConfig};
+use crate::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::Deserialize;

@@ -1,7 +1,7 @@
 use super::SiglipMlp;
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::module::{Module, Param};
-use burn::nn::{LayerNorm, LayerNormConfig};
+use crate::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
 #[derive(Config, Debug)]

@@ -15,7 +15,7 @@ pub use encoder::{SiglipEncoderLayer, SiglipEncoderLayerConfig, SiglipMlp};
 pub use head::{SiglipPoolingHead, SiglipPoolingHeadConfig};
 
 use burn::module::Module;
-use burn::nn::{LayerNorm, LayerNormConfig};
+use crate::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
 /// Outputs of a full forward pass.

@@ -233,4 +233,77 @@ mod tests {
         }
         assert!(convert(&[0; 8], DType::F32, DType::I32, vec![2]).is_none());
     }
+
+    /// A safetensors file by hand: `tensors` are (name, dtype, shape, bytes),
+    /// laid out in order with no padding between them.
+    fn write_file(dir: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> PathBuf {
+        let mut header = serde_json::Map::new();
+        let mut offset = 0;
+        for (name, dtype, shape, bytes) in tensors {
+            let entry = serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()] });
+            header.insert(name.to_string(), entry);
+            offset += bytes.len();
+        }
+        let mut text = serde_json::Value::Object(header).to_string();
+        while !(8 + text.len()).is_multiple_of(8) {
+            text.push(' ');
+        }
+        let mut out = (text.len() as u64).to_le_bytes().to_vec();
+        out.extend(text.as_bytes());
+        for (_, _, _, bytes) in tensors {
+            out.extend(bytes);
+        }
+        let path = dir.join("t.safetensors");
+        std::fs::write(&path, out).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_tensor_in_the_asked_dtype_borrows_the_map_and_others_are_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        let packed: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+        // One f16 value first, so that `packed` starts 2 bytes into the data:
+        // misaligned for f32, which must then be copied, not borrowed.
+        let path = write_file(
+            dir.path(),
+            &[
+                ("a_half", "F16", vec![1], f16::from_f32(3.0).to_le_bytes().to_vec()),
+                ("b_packed", "F32", vec![6, 2], le_bytes_f32(&packed)),
+                ("c_aligned", "F32", vec![3], le_bytes_f32(&[1.0, 2.0, 3.0])),
+            ],
+        );
+        let file = TensorFile::open(&path).unwrap();
+        let map = file.map.as_ptr_range();
+        let borrowed = |data: &TensorData| map.contains(&data.as_bytes().as_ptr());
+
+        // c_aligned starts at 2 + 48 = 50 bytes into the data: misaligned too.
+        let misaligned = file.read("c_aligned", DType::F32).unwrap();
+        assert_eq!(misaligned.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0]);
+        let rows = file.read_rows("b_packed", 1, 3, DType::F32).unwrap();
+        assert_eq!(rows.shape.to_vec(), vec![2, 2]);
+        assert_eq!(rows.to_vec::<f32>().unwrap(), packed[4..8].to_vec());
+        let half = file.read("a_half", DType::F16).unwrap();
+        assert!(borrowed(&half), "an aligned tensor in the asked dtype is not copied");
+        assert_eq!(half.to_vec::<f16>().unwrap(), vec![f16::from_f32(3.0)]);
+        assert_eq!(file.read("a_half", DType::F32).unwrap().to_vec::<f32>().unwrap(), vec![3.0]);
+        assert!(!borrowed(&misaligned));
+
+        let error = file.read_rows("b_packed", 0, 4, DType::F32).unwrap_err().to_string();
+        assert!(error.contains("b_packed") && error.contains("4 row blocks"), "{error}");
+        let error = file.read("absent", DType::F32).unwrap_err().to_string();
+        assert!(error.contains("absent"), "{error}");
+    }
+
+    #[test]
+    fn an_aligned_f32_tensor_is_borrowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_file(dir.path(), &[("w", "F32", vec![2, 2], le_bytes_f32(&[1.0, 2.0, 3.0, 4.0]))]);
+        let file = TensorFile::open(&path).unwrap();
+        let data = file.read("w", DType::F32).unwrap();
+        assert!(file.map.as_ptr_range().contains(&data.as_bytes().as_ptr()));
+        assert_eq!(data.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+        let rows = file.read_rows("w", 1, 2, DType::F32).unwrap();
+        assert!(file.map.as_ptr_range().contains(&rows.as_bytes().as_ptr()));
+        assert_eq!(rows.to_vec::<f32>().unwrap(), vec![3.0, 4.0]);
+    }
 }

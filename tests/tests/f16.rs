@@ -1,0 +1,112 @@
+//! Every network in f16, the default on GPU backends: the f32 fixtures are
+//! converted at load, the network runs in f16 on the CPU, and its output
+//! must follow the PyTorch f32 reference to f16 precision.
+//!
+//! Tolerance: 1e-2 of the reference's scale. f16 keeps 11 significant bits
+//! (4.9e-4 relative per rounding); the tiny networks' few dozen layers of
+//! rounding stay well inside it, while a real mistake (an op in the wrong
+//! dtype, an overflow, a lost mask) lands far outside.
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn_stylecode::autoencoder::quantize_dequantize;
+use burn_stylecode::style_control::{mid_grid, StyleCodes};
+use burn_stylecode::weights::loader::*;
+use burn_stylecode::weights::safetensors::TensorFile;
+use burn_stylecode_tests::*;
+
+const F16_TOL: f32 = 1e-2;
+
+fn half<const D: usize>(file: &TensorFile, key: &str) -> Tensor<TestBackend, D> {
+    tensor::<D>(file, key).cast(DType::F16)
+}
+
+/// Asserts that an f16 output follows the f32 reference; returns the relative error.
+fn assert_f16_close<const D: usize>(what: &str, actual: Tensor<TestBackend, D>, expected: Tensor<TestBackend, D>) -> f32 {
+    assert_eq!(actual.dtype(), DType::F16, "{what}: the network left f16");
+    assert_eq!(actual.dims(), expected.dims(), "{what}: shape");
+    let actual = actual.cast(DType::F32).into_data().into_vec::<f32>().unwrap();
+    let expected = expected.into_data().into_vec::<f32>().unwrap();
+    let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
+    let worst = actual.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let relative = worst / scale;
+    eprintln!("f16 {what}: max relative error {relative:.2e}");
+    assert!(actual.iter().all(|x| x.is_finite()), "{what}: non-finite output");
+    assert!(relative <= F16_TOL, "{what}: max error {worst} is {relative:e} of the scale {scale} (> {F16_TOL:e})");
+    relative
+}
+
+#[test]
+fn unet() {
+    let dir = weights().sd15_dir().join("unet");
+    let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
+    let unet = load_unet::<TestBackend>(&read_unet_config(&dir).unwrap(), &file, DType::F16, &device()).unwrap();
+    let reference = reference("sd15_unet.safetensors");
+    let noise = unet.forward(half(&reference, "sample"), half(&reference, "timesteps"), half(&reference, "context"));
+    assert_f16_close("unet", noise, tensor(&reference, "noise"));
+}
+
+#[test]
+fn vae() {
+    let dir = weights().sd15_dir().join("vae");
+    let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
+    let vae = load_vae::<TestBackend>(&read_vae_config(&dir).unwrap(), &file, DType::F16, &device()).unwrap();
+    let reference = reference("sd15_vae.safetensors");
+    let (mean, logvar) = vae.encode(half(&reference, "image"));
+    assert_f16_close("vae mean", mean, tensor(&reference, "mean"));
+    assert_f16_close("vae logvar", logvar, tensor(&reference, "logvar"));
+    assert_f16_close("vae decoded", vae.decode(half(&reference, "latents")), tensor(&reference, "decoded"));
+}
+
+#[test]
+fn clip_text() {
+    let dir = weights().sd15_dir().join("text_encoder");
+    let config = burn_stylecode::sd::clip::ClipTextConfig::from_file(dir.join("config.json")).unwrap();
+    let file = TensorFile::open(dir.join("model.safetensors")).unwrap();
+    let clip = load_clip_text::<TestBackend>(&config, &file, DType::F16, &device()).unwrap();
+    let reference = reference("clip_text.safetensors");
+    let out = clip.forward(tensor::<2>(&reference, "input_ids").int());
+    assert_f16_close("clip last_hidden_state", out.last_hidden_state, tensor(&reference, "last_hidden_state"));
+    assert_f16_close("clip pooled_output", out.pooled_output, tensor(&reference, "pooled_output"));
+}
+
+#[test]
+fn siglip() {
+    let weights = weights();
+    let file = TensorFile::open(weights.siglip_weights().unwrap()).unwrap();
+    let siglip = load_siglip::<TestBackend>(&weights.siglip_config().unwrap(), &file, DType::F16, &device()).unwrap();
+    let reference = reference("siglip.safetensors");
+    let out = siglip.forward(half(&reference, "pixel_values"));
+    assert_f16_close("siglip penultimate", out.penultimate, tensor(&reference, "penultimate"));
+    assert_f16_close("siglip pooled_output", out.pooled_output.expect("head"), tensor(&reference, "pooled_output"));
+}
+
+#[test]
+fn autoencoder() {
+    let weights = weights();
+    let config = weights.stylecodes_config().unwrap();
+    let file = TensorFile::open(weights.stylecodes_weights().unwrap()).unwrap();
+    let model = load_autoencoder::<TestBackend>(&config.autoencoder, &file, DType::F16, &device()).unwrap();
+    let reference = reference("autoencoder.safetensors");
+    let latent = model.encode(half(&reference, "src"));
+    assert_f16_close("autoencoder latent", latent, tensor(&reference, "latent"));
+    let dequant = quantize_dequantize(half::<2>(&reference, "latent"));
+    assert_f16_close("autoencoder decoded", model.decode(dequant, 3, 2), tensor(&reference, "decoded"));
+}
+
+#[test]
+fn style_control() {
+    let weights = weights();
+    let dir = weights.sd15_dir().join("unet");
+    let unet_config = read_unet_config(&dir).unwrap();
+    let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
+    let unet = load_unet::<TestBackend>(&unet_config, &file, DType::F16, &device()).unwrap();
+    let codes = StyleCodes::<TestBackend>::load(&weights, &unet_config, DType::F16, &device()).unwrap();
+    let reference = reference("style_control.safetensors");
+    let sample: Tensor<TestBackend, 4> = half(&reference, "sample");
+    let [_, _, height, width] = sample.dims();
+    let features = codes.features(half(&reference, "code_latents"), mid_grid(&unet, [height, width]));
+    let scale = reference_json("style_control.json")["step_scale"].as_f64().unwrap();
+    let noise = codes.control.forward(&unet, sample, half(&reference, "timesteps"), half(&reference, "context"), features, scale);
+    assert_f16_close("style control", noise, tensor(&reference, "noise_scale_0.9"));
+}
