@@ -10,6 +10,7 @@
 
 use anyhow::{Context, Result};
 use burn::backend::Flex;
+use burn::prelude::*;
 use burn::tensor::DType;
 use burn_stylecode::sd::pipeline::StableDiffusion;
 use burn_stylecode::import::{expected, sd15_from_single_file, ClipTextConfig, ImportOptions, Sd15Configs, UnetConfig, VaeConfig, WeightDtype};
@@ -156,13 +157,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // Start-up as `stylecode generate` does it, through the real loaders.
     // A weight stored in the dtype asked for is borrowed from the memory map;
     // its pages are then mapped in on first use (warm page cache: minor faults).
+    // The first UNet step after the load (a small 8×8 latent) pays for
+    // that; the second step shows what the step itself costs.
     let device = Default::default();
     for (name, dtype) in [("f32", DType::F32), ("f16", DType::F16)] {
         let mut times = Vec::new();
+        let mut steps = Vec::new();
         for _ in 0..args.repeats {
             let start = Instant::now();
             let model = StableDiffusion::<Flex>::load(&report.dir, dtype, &device)?;
             times.push(seconds(start));
+            let step = || {
+                let start = Instant::now();
+                let sample = Tensor::<Flex, 4>::zeros([1, 4, 8, 8], (&device, dtype));
+                let context = Tensor::<Flex, 3>::zeros([1, 77, 768], (&device, dtype));
+                let timestep = Tensor::<Flex, 1>::from_data(TensorData::new(vec![500f32], [1]), (&device, dtype));
+                model.unet.forward(sample, timestep, context).into_data();
+                seconds(start)
+            };
+            steps.push((step(), step()));
             drop(model);
         }
         times.sort_by(f64::total_cmp);
@@ -173,6 +186,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             times[0],
             times.len()
         );
+        let first: Vec<String> = steps.iter().map(|(first, second)| format!("{first:.2}/{second:.2}")).collect();
+        println!("  then a UNet step at 8×8, first/second after each load: {} s", first.join(", "));
     }
 
     if args.keep {
