@@ -13,8 +13,8 @@
 use crate::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
 use crate::sd::unet_2d_blocks::{MidBlock2DCrossAttn, UpBlock2D, UpSubBlocks};
 use burn::module::Module;
-use crate::nn::linear_config;
-use burn::nn::{Initializer, Linear};
+use burn::nn::Initializer;
+use crate::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -90,7 +90,7 @@ pub struct Mixer<B: Backend> {
 
 impl<B: Backend> Mixer<B> {
     fn new(width: usize, init: MixInit, device: &B::Device) -> Self {
-        let mut linear = linear_config(width, width).with_initializer(Initializer::Zeros).init(device);
+        let mut linear = LinearConfig::new(width, width).with_initializer(Initializer::Zeros).init(device);
         if init == MixInit::Identity {
             // `map` keeps the parameter's id and its layout mappers.
             linear.weight = linear.weight.map(|zeros| zeros + Tensor::eye(width, device));

@@ -1,7 +1,7 @@
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::module::Module;
-use crate::nn::linear_config;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig};
+use crate::nn::{Linear, LinearConfig};
 use crate::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
@@ -23,8 +23,8 @@ impl TransformerDecoderLayerConfig {
         TransformerDecoderLayer {
             self_attn: attention.init(device),
             multihead_attn: attention.init(device),
-            linear1: linear_config(self.d_model, self.dim_feedforward).init(device),
-            linear2: linear_config(self.dim_feedforward, self.d_model).init(device),
+            linear1: LinearConfig::new(self.d_model, self.dim_feedforward).init(device),
+            linear2: LinearConfig::new(self.dim_feedforward, self.d_model).init(device),
             norm1: norm(),
             norm2: norm(),
             norm3: norm(),

@@ -13,8 +13,7 @@ pub use quantize::{quantize_dequantize, straight_through};
 
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::module::{Module, Param};
-use crate::nn::linear_config;
-use burn::nn::Linear;
+use crate::nn::{Linear, LinearConfig};
 use crate::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -59,14 +58,14 @@ impl AutoencoderConfig {
             .with_dropout(self.dropout);
         let learned_token = || Param::from_tensor(Tensor::random([1, d], burn::tensor::Distribution::Normal(0.0, 1.0), device));
         AttentionAutoencoder {
-            input_proj: linear_config(self.input_dim, d).init(device),
+            input_proj: LinearConfig::new(self.input_dim, d).init(device),
             latent_init: learned_token(),
             attention_layers: (0..self.num_encoder_layers).map(|_| attention.init(device)).collect(),
-            latent_proj: linear_config(d, self.latent_dim).init(device),
+            latent_proj: LinearConfig::new(d, self.latent_dim).init(device),
             latent_norm: LayerNormConfig::new(self.latent_dim).init(device),
-            latent_to_d_model: linear_config(self.latent_dim, d).init(device),
+            latent_to_d_model: LinearConfig::new(self.latent_dim, d).init(device),
             decoder_layers: (0..self.num_decoder_layers).map(|_| decoder_layer.init(device)).collect(),
-            output_proj: linear_config(d, self.output_dim).init(device),
+            output_proj: LinearConfig::new(d, self.output_dim).init(device),
             tgt_init: learned_token(),
         }
     }

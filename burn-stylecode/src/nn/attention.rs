@@ -6,8 +6,7 @@
 //! into this one module: the loader splits the packed form.
 
 use burn::module::Module;
-use super::linear_config;
-use burn::nn::Linear;
+use crate::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -29,7 +28,7 @@ impl MultiHeadAttentionConfig {
             self.d_model,
             self.num_heads
         );
-        let linear = || linear_config(self.d_model, self.d_model).init(device);
+        let linear = || LinearConfig::new(self.d_model, self.d_model).init(device);
         MultiHeadAttention {
             q_proj: linear(),
             k_proj: linear(),
@@ -74,13 +73,48 @@ impl<B: Backend> MultiHeadAttention<B> {
     }
 }
 
+/// Score elements one attention call may hold: B·heads·Lq·Lk ≤ 2^24 (64 MiB
+/// in f32). Backends without a fused kernel (burn-cubecl's fallback, which
+/// wgpu uses) materialise the whole score matrix: SD1.5 at 512×512 (4,096
+/// tokens, 8 heads, batch 2) would need 1 GiB in one buffer, past the
+/// 128 MiB storage-binding limit of some wgpu devices, and the memory of
+/// many GPUs. Softmax rows are independent, so splitting the queries into
+/// blocks gives the same result.
+const MAX_SCORES: usize = 1 << 24;
+
 /// Scaled dot-product attention over `num_heads` heads of already projected
 /// `q` [B, Lq, D], `k` and `v` [B, Lk, D] → [B, Lq, D], on burn's fused op.
 /// Every attention in the crate goes through here.
 pub fn attend<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, num_heads: usize, is_causal: bool) -> Tensor<B, 3> {
+    attend_in_blocks(q, k, v, num_heads, is_causal, MAX_SCORES)
+}
+
+fn attend_in_blocks<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    num_heads: usize,
+    is_causal: bool,
+    max_scores: usize,
+) -> Tensor<B, 3> {
     let [batch, len_q, d_model] = q.dims();
+    let len_k = k.dims()[1];
     let options = AttentionModuleOptions { is_causal, ..Default::default() };
-    let out = attention(split_heads(q, num_heads), split_heads(k, num_heads), split_heads(v, num_heads), None, None, options);
+    let (q, k, v) = (split_heads(q, num_heads), split_heads(k, num_heads), split_heads(v, num_heads));
+    let rows = (max_scores / (batch * num_heads * len_k).max(1)).max(1);
+    // A causal mask is relative to the query's position: keep it whole (CLIP's 77 tokens).
+    let out = if is_causal || len_q <= rows {
+        attention(q, k, v, None, None, options)
+    } else {
+        let blocks = (0..len_q)
+            .step_by(rows)
+            .map(|start| {
+                let block = q.clone().slice([0..batch, 0..num_heads, start..(start + rows).min(len_q)]);
+                attention(block, k.clone(), v.clone(), None, None, options)
+            })
+            .collect();
+        Tensor::cat(blocks, 2)
+    };
     out.swap_dims(1, 2).reshape([batch, len_q, d_model])
 }
 
@@ -88,4 +122,24 @@ pub fn attend<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, num
 fn split_heads<B: Backend>(x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 4> {
     let [batch, len, d_model] = x.dims();
     x.reshape([batch, len, num_heads, d_model / num_heads]).swap_dims(1, 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn query_blocks_give_the_same_attention() {
+        let device = Default::default();
+        let random = |len| Tensor::<Flex, 3>::random([2, len, 16], Distribution::Normal(0.0, 1.0), &device);
+        let (q, k, v) = (random(37), random(29), random(29));
+        let whole = attend_in_blocks(q.clone(), k.clone(), v.clone(), 4, false, usize::MAX);
+        // 2·4·29 scores a query row: blocks of 2 rows, the last one shorter.
+        let blocked = attend_in_blocks(q, k, v, 4, false, 2 * 4 * 29 * 2);
+        assert_eq!(blocked.dims(), [2, 37, 16]);
+        let difference: f32 = (whole - blocked).abs().max().into_scalar();
+        assert!(difference < 1e-6, "{difference}");
+    }
 }

@@ -4,5 +4,5 @@ pub mod attention;
 pub mod linear;
 pub mod norm;
 
-pub use linear::linear_config;
+pub use linear::{Linear, LinearConfig};
 pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};

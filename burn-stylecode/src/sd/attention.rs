@@ -4,9 +4,8 @@
 
 use crate::nn::attention::attend;
 use burn::module::Module;
-use crate::nn::linear_config;
 use burn::nn::conv::Conv2d;
-use burn::nn::Linear;
+use crate::nn::{Linear, LinearConfig};
 use crate::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
@@ -34,7 +33,7 @@ impl AttentionConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Attention<B> {
         let inner = self.heads * self.dim_head;
         let kv_dim = self.cross_attention_dim.unwrap_or(self.query_dim);
-        let projection = |d_in| linear_config(d_in, inner).with_bias(self.bias).init(device);
+        let projection = |d_in| LinearConfig::new(d_in, inner).with_bias(self.bias).init(device);
         Attention {
             group_norm: self
                 .group_norm
@@ -42,7 +41,7 @@ impl AttentionConfig {
             to_q: projection(self.query_dim),
             to_k: projection(kv_dim),
             to_v: projection(kv_dim),
-            to_out: linear_config(inner, self.query_dim).init(device),
+            to_out: LinearConfig::new(inner, self.query_dim).init(device),
             heads: self.heads,
         }
     }
@@ -96,8 +95,8 @@ pub struct FeedForwardConfig {
 impl FeedForwardConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> FeedForward<B> {
         FeedForward {
-            proj: linear_config(self.dim, 2 * self.inner_dim).init(device),
-            out: linear_config(self.inner_dim, self.dim).init(device),
+            proj: LinearConfig::new(self.dim, 2 * self.inner_dim).init(device),
+            out: LinearConfig::new(self.inner_dim, self.dim).init(device),
         }
     }
 }
@@ -178,7 +177,7 @@ pub enum Projection<B: Backend> {
 impl<B: Backend> Projection<B> {
     fn new(linear: bool, d_in: usize, d_out: usize, device: &B::Device) -> Self {
         if linear {
-            Projection::Linear(linear_config(d_in, d_out).init(device))
+            Projection::Linear(LinearConfig::new(d_in, d_out).init(device))
         } else {
             Projection::Conv(conv1x1(d_in, d_out, device))
         }

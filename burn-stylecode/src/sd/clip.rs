@@ -10,8 +10,8 @@
 use crate::error::{Error, Result};
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::module::Module;
-use crate::nn::linear_config;
-use burn::nn::{Embedding, EmbeddingConfig, Linear};
+use burn::nn::{Embedding, EmbeddingConfig};
+use crate::nn::{Linear, LinearConfig};
 use crate::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, sigmoid};
@@ -225,8 +225,8 @@ impl ClipEncoderLayerConfig {
             self_attn: MultiHeadAttentionConfig::new(self.hidden_size, self.num_attention_heads).init(device),
             layer_norm2: norm(),
             mlp: ClipMlp {
-                fc1: linear_config(self.hidden_size, self.intermediate_size).init(device),
-                fc2: linear_config(self.intermediate_size, self.hidden_size).init(device),
+                fc1: LinearConfig::new(self.hidden_size, self.intermediate_size).init(device),
+                fc2: LinearConfig::new(self.intermediate_size, self.hidden_size).init(device),
                 activation: self.activation,
             },
         }

@@ -1,8 +1,7 @@
 //! Timestep embeddings, as diffusers' `Timesteps` and `TimestepEmbedding`.
 
 use burn::module::Module;
-use crate::nn::linear_config;
-use burn::nn::Linear;
+use crate::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
@@ -83,8 +82,8 @@ pub struct TimestepEmbeddingConfig {
 impl TimestepEmbeddingConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> TimestepEmbedding<B> {
         TimestepEmbedding {
-            linear_1: linear_config(self.in_channels, self.time_embed_dim).init(device),
-            linear_2: linear_config(self.time_embed_dim, self.time_embed_dim).init(device),
+            linear_1: LinearConfig::new(self.in_channels, self.time_embed_dim).init(device),
+            linear_2: LinearConfig::new(self.time_embed_dim, self.time_embed_dim).init(device),
         }
     }
 }

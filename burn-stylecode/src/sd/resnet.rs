@@ -1,9 +1,9 @@
 //! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D`.
 
 use burn::module::Module;
-use crate::nn::linear_config;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Dropout, DropoutConfig, Linear, PaddingConfig2d};
+use burn::nn::{Dropout, DropoutConfig, PaddingConfig2d};
+use crate::nn::{Linear, LinearConfig};
 use crate::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
@@ -58,7 +58,7 @@ impl ResnetBlock2DConfig {
         ResnetBlock2D {
             norm1: norm(self.in_channels),
             conv1: conv3x3(self.in_channels, self.out_channels, device),
-            time_emb_proj: self.temb_channels.map(|t| linear_config(t, self.out_channels).init(device)),
+            time_emb_proj: self.temb_channels.map(|t| LinearConfig::new(t, self.out_channels).init(device)),
             norm2: norm(self.out_channels),
             dropout: DropoutConfig::new(self.dropout).init(),
             conv2: conv3x3(self.out_channels, self.out_channels, device),

@@ -1,7 +1,6 @@
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::module::Module;
-use crate::nn::linear_config;
-use burn::nn::Linear;
+use crate::nn::{Linear, LinearConfig};
 use crate::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu_approximate;
@@ -53,8 +52,8 @@ pub struct SiglipMlp<B: Backend> {
 impl<B: Backend> SiglipMlp<B> {
     pub fn new(hidden: usize, intermediate: usize, device: &B::Device) -> Self {
         Self {
-            fc1: linear_config(hidden, intermediate).init(device),
-            fc2: linear_config(intermediate, hidden).init(device),
+            fc1: LinearConfig::new(hidden, intermediate).init(device),
+            fc2: LinearConfig::new(intermediate, hidden).init(device),
         }
     }
 
