@@ -55,9 +55,8 @@ impl Timesteps {
     /// the backend's default float type.
     ///
     /// Computed on the host, in f32 as PyTorch does: `t · freq` reaches 999
-    /// radians, and GPU sine and cosine are only accurate near [-π, π]
-    /// (Vulkan leaves larger arguments undefined). On lavapipe the UNet
-    /// drifted 3.9e-2 from diffusers through this alone.
+    /// radians, and GPU sine and cosine are only specified near [-π, π]
+    /// (Vulkan leaves the precision of larger arguments undefined).
     pub fn forward<B: Backend>(&self, timesteps: Tensor<B, 1>) -> Tensor<B, 2> {
         let device = timesteps.device();
         let [n] = timesteps.dims();
