@@ -53,29 +53,22 @@ impl Timesteps {
 
     /// `timesteps` `[N]` (possibly fractional) → `[N, num_channels]`, in
     /// the backend's default float type.
-    ///
-    /// Computed on the host, in f32 as PyTorch does: `t · freq` reaches 999
-    /// radians, and GPU sine and cosine are only specified near [-π, π]
-    /// (Vulkan leaves the precision of larger arguments undefined).
     pub fn forward<B: Backend>(&self, timesteps: Tensor<B, 1>) -> Tensor<B, 2> {
         let device = timesteps.device();
         let [n] = timesteps.dims();
-        let timesteps: Vec<f32> = timesteps.into_data().convert::<f32>().into_vec().expect("f32 values");
         let frequencies = self.frequencies();
-        let mut values = Vec::with_capacity(n * self.num_channels);
-        for t in timesteps {
-            let angles = frequencies.iter().map(|f| t * f);
-            let (sin, cos) = (angles.clone().map(f32::sin), angles.map(f32::cos));
-            if self.flip_sin_to_cos {
-                values.extend(cos.chain(sin));
-            } else {
-                values.extend(sin.chain(cos));
-            }
-            if self.num_channels % 2 == 1 {
-                values.push(0.0);
-            }
+        let half = frequencies.len();
+        let frequencies = Tensor::<B, 1>::from_floats(frequencies.as_slice(), &device);
+        // In the backend's float type (f32) whatever the model's dtype, as diffusers does.
+        let timesteps = timesteps.cast(frequencies.dtype());
+        let angles = timesteps.unsqueeze_dim::<2>(1) * frequencies.unsqueeze_dim::<2>(0);
+        let (sin, cos) = (angles.clone().sin(), angles.cos());
+        let mut halves = if self.flip_sin_to_cos { vec![cos, sin] } else { vec![sin, cos] };
+        if self.num_channels % 2 == 1 {
+            halves.push(Tensor::zeros([n, 1], &device));
         }
-        Tensor::from_data(TensorData::new(values, [n, self.num_channels]), &device)
+        debug_assert_eq!(2 * half + self.num_channels % 2, self.num_channels);
+        Tensor::cat(halves, 1)
     }
 }
 
