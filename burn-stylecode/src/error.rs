@@ -33,7 +33,8 @@ pub enum Error {
     Other(String),
 }
 
-fn preview(keys: &[String]) -> String {
+/// The first few keys, quoted, and how many more there are.
+pub(crate) fn preview(keys: &[String]) -> String {
     const SHOWN: usize = 8;
     let mut text = keys.iter().take(SHOWN).map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
     if keys.len() > SHOWN {

@@ -13,8 +13,7 @@ pub use quantize::{quantize_dequantize, straight_through};
 
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::module::{Module, Param};
-use crate::nn::{Linear, LinearConfig};
-use crate::nn::{LayerNorm, LayerNormConfig};
+use crate::nn::{Linear, LinearConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 

@@ -43,6 +43,7 @@ pub use source::SrcDtype;
 pub use stylecodes::{stylecodes_from_bin, StylecodesSpec};
 pub use write::sha256_file;
 
+use crate::error::preview;
 use expected::Row;
 use manifest::source_record;
 use serde_json::Value;
@@ -151,14 +152,6 @@ impl ImportError {
     }
 }
 
-fn preview(keys: &[String]) -> String {
-    const SHOWN: usize = 8;
-    let mut text = keys.iter().take(SHOWN).map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
-    if keys.len() > SHOWN {
-        text.push_str(&format!(", and {} more", keys.len() - SHOWN));
-    }
-    text
-}
 
 fn more_text(more: usize) -> String {
     if more == 0 {

@@ -5,8 +5,7 @@
 use crate::nn::attention::attend;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use crate::nn::{Linear, LinearConfig};
-use crate::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
+use crate::nn::{Linear, LinearConfig, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 

@@ -3,8 +3,7 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, PaddingConfig2d};
-use crate::nn::{Linear, LinearConfig};
-use crate::nn::{GroupNorm, GroupNormConfig};
+use crate::nn::{Linear, LinearConfig, GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 

@@ -1,7 +1,6 @@
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::module::Module;
-use crate::nn::{Linear, LinearConfig};
-use crate::nn::{LayerNorm, LayerNormConfig};
+use crate::nn::{Linear, LinearConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu_approximate;
 
