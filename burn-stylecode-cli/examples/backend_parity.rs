@@ -6,6 +6,7 @@
 
 use burn::prelude::*;
 use burn::tensor::DType;
+use burn_stylecode::style_control::{mid_grid, StyleCodes};
 use burn_stylecode::weights::loader::*;
 use burn_stylecode::weights::safetensors::TensorFile;
 use burn_stylecode::WeightsDir;
@@ -55,6 +56,14 @@ fn run<B: Backend>(device: B::Device) {
         let r = reference("sd15_unet.safetensors");
         let noise = unet.forward(t(&r, "sample"), tensor(&r, "timesteps", dtype, &device), tensor(&r, "context", dtype, &device));
         println!("{dtype:?} unet: {:.2e}", relative(noise, &r, "noise"));
+
+        let codes = StyleCodes::<B>::load(&weights, &read_unet_config(&unet_dir).unwrap(), dtype, &device).unwrap();
+        let r = reference("style_control.safetensors");
+        let sample = t(&r, "sample");
+        let [_, _, height, width] = sample.dims();
+        let features = codes.features(tensor(&r, "code_latents", dtype, &device), mid_grid(&unet, [height, width]));
+        let styled = codes.control.forward(&unet, sample, tensor(&r, "timesteps", dtype, &device), tensor(&r, "context", dtype, &device), features, 0.9);
+        println!("{dtype:?} style control, scale 0.9: {:.2e}", relative(styled, &r, "noise_scale_0.9"));
 
         let vae_dir = sd.join("vae");
         let vae_file = TensorFile::open(diffusers_weights(&vae_dir).unwrap()).unwrap();

@@ -14,7 +14,7 @@ use crate::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
 use crate::sd::unet_2d_blocks::{MidBlock2DCrossAttn, UpBlock2D, UpSubBlocks};
 use burn::module::Module;
 use burn::nn::Initializer;
-use crate::nn::{Linear, LinearConfig};
+use crate::nn::{image_to_tokens, tokens_to_image, Linear, LinearConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -101,13 +101,13 @@ impl<B: Backend> Mixer<B> {
     /// Mixes the two branches; returns the new `(h_ctrl, h_base)` with the
     /// base blended by `scale`.
     pub fn forward(&self, h_ctrl: Tensor<B, 4>, h_base: Tensor<B, 4>, scale: f64) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let [batch, channels, height, width] = h_ctrl.dims();
-        let both = Tensor::cat(vec![h_ctrl, h_base.clone()], 1).reshape([batch, 2 * channels, height * width]).swap_dims(1, 2);
+        let [_, _, height, width] = h_ctrl.dims();
+        let both = image_to_tokens(Tensor::cat(vec![h_ctrl, h_base.clone()], 1));
         let mut mixed = self.linear.forward(both.clone());
         if self.residual {
             mixed = mixed + both;
         }
-        let mixed = mixed.swap_dims(1, 2).reshape([batch, 2 * channels, height, width]);
+        let mixed = tokens_to_image(mixed, height, width);
         let mut halves = mixed.chunk(2, 1).into_iter();
         let (h_ctrl, h_base_out) = (halves.next().unwrap(), halves.next().unwrap());
         (h_ctrl, h_base * (1.0 - scale) + h_base_out * scale)

@@ -6,7 +6,7 @@
 //! into this one module: the loader splits the packed form.
 
 use burn::module::Module;
-use crate::nn::{Linear, LinearConfig};
+use crate::nn::{swap_dims_1_2, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -115,13 +115,13 @@ fn attend_in_blocks<B: Backend>(
             .collect();
         Tensor::cat(blocks, 2)
     };
-    out.swap_dims(1, 2).reshape([batch, len_q, d_model])
+    swap_dims_1_2(out).reshape([batch, len_q, d_model])
 }
 
 /// [B, L, D] → [B, heads, L, D/heads]
 fn split_heads<B: Backend>(x: Tensor<B, 3>, num_heads: usize) -> Tensor<B, 4> {
     let [batch, len, d_model] = x.dims();
-    x.reshape([batch, len, num_heads, d_model / num_heads]).swap_dims(1, 2)
+    swap_dims_1_2(x.reshape([batch, len, num_heads, d_model / num_heads]))
 }
 
 #[cfg(test)]

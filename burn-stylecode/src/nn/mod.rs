@@ -1,8 +1,10 @@
 //! Building blocks shared by several networks.
 
 pub mod attention;
+pub mod layout;
 pub mod linear;
 pub mod norm;
 
+pub use layout::{image_to_tokens, swap_dims_1_2, tokens_to_image};
 pub use linear::{Linear, LinearConfig};
 pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};

@@ -5,7 +5,7 @@
 use crate::nn::attention::attend;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use crate::nn::{Linear, LinearConfig, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
+use crate::nn::{image_to_tokens, tokens_to_image, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 
@@ -72,13 +72,12 @@ impl<B: Backend> Attention<B> {
     /// Self-attention over the pixels of `x` [B, C, H, W] with its group
     /// norm first and the residual added: the VAE's mid-block attention.
     pub fn forward_spatial(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, channels, height, width] = x.dims();
+        let [_, _, height, width] = x.dims();
         let h = match &self.group_norm {
             Some(norm) => norm.forward(x.clone()),
             None => x.clone(),
         };
-        let tokens = h.reshape([batch, channels, height * width]).swap_dims(1, 2);
-        let out = self.forward(tokens, None).swap_dims(1, 2).reshape([batch, channels, height, width]);
+        let out = tokens_to_image(self.forward(image_to_tokens(h), None), height, width);
         x + out
     }
 }
@@ -225,24 +224,16 @@ pub struct Transformer2DModel<B: Backend> {
 impl<B: Backend> Transformer2DModel<B> {
     /// `x` [B, C, H, W], `context` [B, Lc, cross_attention_dim] → [B, C, H, W].
     pub fn forward(&self, x: Tensor<B, 4>, context: &Tensor<B, 3>) -> Tensor<B, 4> {
-        let [batch, channels, height, width] = x.dims();
-        let to_tokens = |h: Tensor<B, 4>| {
-            let c = h.dims()[1];
-            h.reshape([batch, c, height * width]).swap_dims(1, 2)
-        };
-        let to_image = |t: Tensor<B, 3>| {
-            let c = t.dims()[2];
-            t.swap_dims(1, 2).reshape([batch, c, height, width])
-        };
+        let [_, channels, height, width] = x.dims();
         let h = self.norm.forward(x.clone());
         let tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(conv.forward(h)),
-            Projection::Linear(linear) => linear.forward(to_tokens(h)),
+            Projection::Conv(conv) => image_to_tokens(conv.forward(h)),
+            Projection::Linear(linear) => linear.forward(image_to_tokens(h)),
         };
         let tokens = self.transformer_blocks.iter().fold(tokens, |t, block| block.forward(t, context));
         let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(to_image(tokens)),
-            Projection::Linear(linear) => to_image(linear.forward(tokens)),
+            Projection::Conv(conv) => conv.forward(tokens_to_image(tokens, height, width)),
+            Projection::Linear(linear) => tokens_to_image(linear.forward(tokens), height, width),
         };
         debug_assert_eq!(out.dims()[1], channels);
         out + x

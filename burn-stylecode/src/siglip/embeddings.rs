@@ -2,6 +2,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::prelude::*;
+use crate::nn::image_to_tokens;
 
 #[derive(Config, Debug)]
 pub struct SiglipEmbeddingsConfig {
@@ -35,8 +36,8 @@ impl<B: Backend> SiglipEmbeddings<B> {
     /// [B, C, H, W] → [B, patches, hidden]
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
         let patches = self.patch_embedding.forward(pixel_values);
-        let [batch, hidden, gh, gw] = patches.dims();
-        let tokens = patches.reshape([batch, hidden, gh * gw]).swap_dims(1, 2);
+        let [_, _, gh, gw] = patches.dims();
+        let tokens = image_to_tokens(patches);
         let positions: &Param<Tensor<B, 2>> = &self.position_embedding.weight;
         let [num_positions, _] = positions.dims();
         assert_eq!(
