@@ -130,9 +130,7 @@ impl<B: Backend> StyleControl<B> {
         scale: f64,
     ) -> Tensor<B, 4> {
         let [batch, ..] = sample.dims();
-        let temb = base.time_embedding(timesteps);
-        let [n, width] = temb.dims();
-        let temb = if n == batch { temb } else { temb.expand([batch, width]) };
+        let temb = base.batch_time_embedding(timesteps, batch);
 
         let mut h_base = base.conv_in(sample);
         let mut skips = vec![h_base.clone()];

@@ -540,14 +540,17 @@ impl<B: Backend> UNet2DConditionModel<B> {
     }
 
     /// The time embedding for a batch: one timestep per sample, or one for all.
-    fn batch_time_embedding(&self, timesteps: Tensor<B, 1>, batch: usize) -> Tensor<B, 2> {
-        let temb = self.time_embedding(timesteps);
-        let [n, width] = temb.dims();
-        match n {
-            _ if n == batch => temb,
-            1 => temb.expand([batch, width]),
+    pub fn batch_time_embedding(&self, timesteps: Tensor<B, 1>, batch: usize) -> Tensor<B, 2> {
+        let [n] = timesteps.dims();
+        // One timestep is repeated before the embedding, not after: on wgpu,
+        // burn-fusion 0.21 miscomputes this MLP on a single row (every value
+        // wrong; tests/gpu_backends.rs `whole_pipeline` caught it).
+        let timesteps = match n {
+            _ if n == batch => timesteps,
+            1 => timesteps.repeat_dim(0, batch),
             _ => panic!("{n} timesteps for a batch of {batch}"),
-        }
+        };
+        self.time_embedding(timesteps)
     }
 
     /// Parameter count without initialising (allocating) any parameter.

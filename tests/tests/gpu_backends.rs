@@ -1,0 +1,172 @@
+//! The parity fixtures on a GPU backend: every tiny network, the style
+//! control module and the whole pipeline against their PyTorch references,
+//! in f32 and in f16 (the default on GPUs). The other tests run on the CPU;
+//! GPU backends have their own kernels, fusion and autotuning, and their own
+//! bugs (a burn-fusion one once made the UNet's 1×1 mid block read zeros).
+//!
+//! Built only with a GPU feature of this crate:
+//! `cargo test -p burn-stylecode-tests --features wgpu --test gpu_backends`
+//! (CI runs it on Mesa's lavapipe, a software Vulkan) or `--features cuda`.
+//!
+//! Tolerances, of the reference's scale: f32 [`REL_TOL`] (1e-4), as on the
+//! CPU. f16 [`GPU_F16_TOL`] (2e-2), twice the CPU's f16 bound: on lavapipe
+//! the f16 errors are about twice burn-flex's (UNet 9.4e-3 against 4.4e-3,
+//! VAE decode 4.0e-3 against 1.1e-3), as some of its kernels keep f16
+//! partial sums. A real mistake lands far outside either.
+
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn_stylecode::sd::clip::ClipTextConfig;
+use burn_stylecode::sd::pipeline::{Settings, StableDiffusion};
+use burn_stylecode::sd::schedulers::SchedulerKind;
+use burn_stylecode::style_control::{mid_grid, StyleCodes};
+use burn_stylecode::weights::loader::*;
+use burn_stylecode::weights::safetensors::TensorFile;
+use burn_stylecode_tests::{reference, reference_json, weights, REL_TOL};
+
+#[cfg(feature = "wgpu")]
+type Gpu = burn::backend::Wgpu;
+#[cfg(all(feature = "cuda", not(feature = "wgpu")))]
+type Gpu = burn::backend::Cuda;
+
+const GPU_F16_TOL: f32 = 2e-2;
+const DTYPES: [DType; 2] = [DType::F32, DType::F16];
+
+fn device() -> burn::tensor::Device<Gpu> {
+    Default::default()
+}
+
+/// A reference tensor on the GPU in `dtype`.
+fn tensor<const D: usize>(file: &TensorFile, key: &str, dtype: DType) -> Tensor<Gpu, D> {
+    Tensor::from_data(file.read(key, DType::F32).unwrap(), (&device(), dtype))
+}
+
+/// Asserts that `actual` (in `dtype`) follows the f32 reference `key`.
+fn assert_close<const D: usize>(what: &str, dtype: DType, actual: Tensor<Gpu, D>, file: &TensorFile, key: &str) {
+    assert_eq!(actual.dtype(), dtype, "{what}: the network left {dtype:?}");
+    assert_eq!(actual.dims().as_slice(), file.shape(key).unwrap(), "{what}: shape");
+    let actual = actual.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+    let expected = file.read_f32(key).unwrap();
+    let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
+    let worst = actual.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let tolerance = if dtype == DType::F32 { REL_TOL } else { GPU_F16_TOL };
+    let relative = worst / scale;
+    eprintln!("{dtype:?} {what}: max relative error {relative:.2e}");
+    assert!(actual.iter().all(|x| x.is_finite()), "{dtype:?} {what}: non-finite output");
+    assert!(relative <= tolerance, "{dtype:?} {what}: max error {worst} is {relative:e} of the scale {scale} (> {tolerance:e})");
+}
+
+#[test]
+fn unet() {
+    let dir = weights().sd15_dir().join("unet");
+    let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
+    let r = reference("sd15_unet.safetensors");
+    for dtype in DTYPES {
+        let unet = load_unet::<Gpu>(&read_unet_config(&dir).unwrap(), &file, dtype, &device()).unwrap();
+        let (timesteps, context) = (tensor(&r, "timesteps", dtype), tensor(&r, "context", dtype));
+        let noise = unet.forward(tensor(&r, "sample", dtype), timesteps.clone(), context.clone());
+        assert_close("unet", dtype, noise, &r, "noise");
+        let noise = unet.forward(tensor(&r, "sample_odd", dtype), timesteps, context);
+        assert_close("unet, odd latents", dtype, noise, &r, "noise_odd");
+    }
+}
+
+#[test]
+fn style_control() {
+    let dir = weights().sd15_dir().join("unet");
+    let config = read_unet_config(&dir).unwrap();
+    let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
+    let r = reference("style_control.safetensors");
+    let scale = reference_json("style_control.json")["step_scale"].as_f64().unwrap();
+    for dtype in DTYPES {
+        let unet = load_unet::<Gpu>(&config, &file, dtype, &device()).unwrap();
+        let codes = StyleCodes::<Gpu>::load(&weights(), &config, dtype, &device()).unwrap();
+        let sample = tensor::<4>(&r, "sample", dtype);
+        let [_, _, height, width] = sample.dims();
+        let features = codes.features(tensor(&r, "code_latents", dtype), mid_grid(&unet, [height, width]));
+        let (timesteps, context) = (tensor(&r, "timesteps", dtype), tensor(&r, "context", dtype));
+        let noise = codes.control.forward(&unet, sample, timesteps, context, features, scale);
+        assert_close("style control", dtype, noise, &r, "noise_scale_0.9");
+    }
+}
+
+#[test]
+fn vae() {
+    let dir = weights().sd15_dir().join("vae");
+    let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
+    let r = reference("sd15_vae.safetensors");
+    for dtype in DTYPES {
+        let vae = load_vae::<Gpu>(&read_vae_config(&dir).unwrap(), &file, dtype, &device()).unwrap();
+        let (mean, logvar) = vae.encode(tensor(&r, "image", dtype));
+        assert_close("vae mean", dtype, mean, &r, "mean");
+        assert_close("vae logvar", dtype, logvar, &r, "logvar");
+        assert_close("vae decoded", dtype, vae.decode(tensor(&r, "latents", dtype)), &r, "decoded");
+    }
+}
+
+#[test]
+fn clip_text() {
+    let dir = weights().sd15_dir().join("text_encoder");
+    let config = ClipTextConfig::from_file(dir.join("config.json")).unwrap();
+    let file = TensorFile::open(dir.join("model.safetensors")).unwrap();
+    let r = reference("clip_text.safetensors");
+    for dtype in DTYPES {
+        let clip = load_clip_text::<Gpu>(&config, &file, dtype, &device()).unwrap();
+        let out = clip.forward(tensor::<2>(&r, "input_ids", DType::F32).int());
+        assert_close("clip last_hidden_state", dtype, out.last_hidden_state, &r, "last_hidden_state");
+        assert_close("clip pooled_output", dtype, out.pooled_output, &r, "pooled_output");
+    }
+}
+
+#[test]
+fn siglip() {
+    let weights = weights();
+    let file = TensorFile::open(weights.siglip_weights().unwrap()).unwrap();
+    let r = reference("siglip.safetensors");
+    for dtype in DTYPES {
+        let siglip = load_siglip::<Gpu>(&weights.siglip_config().unwrap(), &file, dtype, &device()).unwrap();
+        let out = siglip.forward(tensor(&r, "pixel_values", dtype));
+        assert_close("siglip penultimate", dtype, out.penultimate, &r, "penultimate");
+        assert_close("siglip pooled_output", dtype, out.pooled_output.expect("head"), &r, "pooled_output");
+    }
+}
+
+#[test]
+fn autoencoder() {
+    let weights = weights();
+    let config = weights.stylecodes_config().unwrap();
+    let file = TensorFile::open(weights.stylecodes_weights().unwrap()).unwrap();
+    let r = reference("autoencoder.safetensors");
+    for dtype in DTYPES {
+        let autoencoder = load_autoencoder::<Gpu>(&config.autoencoder, &file, dtype, &device()).unwrap();
+        assert_close("autoencoder latent", dtype, autoencoder.encode(tensor(&r, "src", dtype)), &r, "latent");
+    }
+}
+
+/// Three DDIM steps with CFG from the saved noise, then the VAE decode:
+/// the schedulers' and the pipeline's tensor work on the device.
+#[test]
+fn whole_pipeline() {
+    let json = reference_json("pipeline.json");
+    let r = reference("pipeline.safetensors");
+    let number = |key: &str| json[key].as_u64().unwrap() as usize;
+    let settings = Settings {
+        steps: number("steps"),
+        guidance_scale: json["guidance_scale"].as_f64().unwrap(),
+        scheduler: SchedulerKind::Ddim,
+        karras: None,
+        width: number("width"),
+        height: number("height"),
+    };
+    let text = |key: &str| vec![json[key].as_str().unwrap().to_string()];
+    for dtype in DTYPES {
+        let sd = StableDiffusion::<Gpu>::load(&weights().sd15_dir(), dtype, &device()).unwrap();
+        let context = sd.text_context(&text("prompt"), &text("negative_prompt"), &settings).unwrap();
+        let latents = sd.run(tensor(&r, "noise", dtype), &context, &settings, &mut [], None, |_, _| {}).unwrap();
+        assert_close("pipeline latents", dtype, latents.clone(), &r, "latents");
+        let image = (sd.vae.decode(sd.vae.from_diffusion(latents)) / 2.0 + 0.5).clamp(0.0, 1.0);
+        assert_close("pipeline image", dtype, image, &r, "image");
+    }
+}
