@@ -12,7 +12,11 @@
 //! CPU. f16 [`GPU_F16_TOL`] (2e-2), twice the CPU's f16 bound: on lavapipe
 //! the f16 errors are about twice burn-flex's (UNet 9.4e-3 against 4.4e-3,
 //! VAE decode 4.0e-3 against 1.1e-3), as some of its kernels keep f16
-//! partial sums. A real mistake lands far outside either.
+//! partial sums. The whole pipeline in f16: [`PIPELINE_F16_TOL`] (5e-2), as
+//! classifier-free guidance multiplies the difference of two f16
+//! predictions by 7.5 each step (measured 2.2e-2 on lavapipe, with f32 at
+//! 3e-6). A real mistake lands far outside these: the single-row time
+//! embedding bug gave 0.26.
 
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 
@@ -32,6 +36,7 @@ type Gpu = burn::backend::Wgpu;
 type Gpu = burn::backend::Cuda;
 
 const GPU_F16_TOL: f32 = 2e-2;
+const PIPELINE_F16_TOL: f32 = 5e-2;
 const DTYPES: [DType; 2] = [DType::F32, DType::F16];
 
 fn device() -> burn::tensor::Device<Gpu> {
@@ -45,13 +50,18 @@ fn tensor<const D: usize>(file: &TensorFile, key: &str, dtype: DType) -> Tensor<
 
 /// Asserts that `actual` (in `dtype`) follows the f32 reference `key`.
 fn assert_close<const D: usize>(what: &str, dtype: DType, actual: Tensor<Gpu, D>, file: &TensorFile, key: &str) {
+    assert_within(what, dtype, actual, file, key, GPU_F16_TOL);
+}
+
+/// [`assert_close`] with `f16_tolerance` in f16.
+fn assert_within<const D: usize>(what: &str, dtype: DType, actual: Tensor<Gpu, D>, file: &TensorFile, key: &str, f16_tolerance: f32) {
     assert_eq!(actual.dtype(), dtype, "{what}: the network left {dtype:?}");
     assert_eq!(actual.dims().as_slice(), file.shape(key).unwrap(), "{what}: shape");
     let actual = actual.into_data().convert::<f32>().into_vec::<f32>().unwrap();
     let expected = file.read_f32(key).unwrap();
     let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
     let worst = actual.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    let tolerance = if dtype == DType::F32 { REL_TOL } else { GPU_F16_TOL };
+    let tolerance = if dtype == DType::F32 { REL_TOL } else { f16_tolerance };
     let relative = worst / scale;
     eprintln!("{dtype:?} {what}: max relative error {relative:.2e}");
     assert!(actual.iter().all(|x| x.is_finite()), "{dtype:?} {what}: non-finite output");
@@ -165,8 +175,8 @@ fn whole_pipeline() {
         let sd = StableDiffusion::<Gpu>::load(&weights().sd15_dir(), dtype, &device()).unwrap();
         let context = sd.text_context(&text("prompt"), &text("negative_prompt"), &settings).unwrap();
         let latents = sd.run(tensor(&r, "noise", dtype), &context, &settings, &mut [], None, |_, _| {}).unwrap();
-        assert_close("pipeline latents", dtype, latents.clone(), &r, "latents");
+        assert_within("pipeline latents", dtype, latents.clone(), &r, "latents", PIPELINE_F16_TOL);
         let image = (sd.vae.decode(sd.vae.from_diffusion(latents)) / 2.0 + 0.5).clamp(0.0, 1.0);
-        assert_close("pipeline image", dtype, image, &r, "image");
+        assert_within("pipeline image", dtype, image, &r, "image", PIPELINE_F16_TOL);
     }
 }
