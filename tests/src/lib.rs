@@ -33,6 +33,19 @@ pub fn reference_json(name: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(&path).expect("reference json")).expect("valid json")
 }
 
+/// Settings of the whole-pipeline reference run (`reference/pipeline.json`).
+pub fn pipeline_reference_settings(json: &serde_json::Value) -> burn_stylecode::sd::pipeline::Settings {
+    let number = |key: &str| json[key].as_u64().unwrap() as usize;
+    burn_stylecode::sd::pipeline::Settings {
+        steps: number("steps"),
+        guidance_scale: json["guidance_scale"].as_f64().unwrap(),
+        scheduler: burn_stylecode::sd::schedulers::SchedulerKind::Ddim,
+        karras: None,
+        width: number("width"),
+        height: number("height"),
+    }
+}
+
 pub fn device() -> burn::tensor::Device<TestBackend> {
     Default::default()
 }

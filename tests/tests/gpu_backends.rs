@@ -23,12 +23,11 @@
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn_stylecode::sd::clip::ClipTextConfig;
-use burn_stylecode::sd::pipeline::{Settings, StableDiffusion};
-use burn_stylecode::sd::schedulers::SchedulerKind;
+use burn_stylecode::sd::pipeline::StableDiffusion;
 use burn_stylecode::style_control::{mid_grid, StyleCodes};
 use burn_stylecode::weights::loader::*;
 use burn_stylecode::weights::safetensors::TensorFile;
-use burn_stylecode_tests::{reference, reference_json, weights, REL_TOL};
+use burn_stylecode_tests::{pipeline_reference_settings, reference, reference_json, weights, REL_TOL};
 
 #[cfg(feature = "wgpu")]
 type Gpu = burn::backend::Wgpu;
@@ -161,15 +160,7 @@ fn autoencoder() {
 fn whole_pipeline() {
     let json = reference_json("pipeline.json");
     let r = reference("pipeline.safetensors");
-    let number = |key: &str| json[key].as_u64().unwrap() as usize;
-    let settings = Settings {
-        steps: number("steps"),
-        guidance_scale: json["guidance_scale"].as_f64().unwrap(),
-        scheduler: SchedulerKind::Ddim,
-        karras: None,
-        width: number("width"),
-        height: number("height"),
-    };
+    let settings = pipeline_reference_settings(&json);
     let text = |key: &str| vec![json[key].as_str().unwrap().to_string()];
     for dtype in DTYPES {
         let sd = StableDiffusion::<Gpu>::load(&weights().sd15_dir(), dtype, &device()).unwrap();

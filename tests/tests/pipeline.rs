@@ -4,7 +4,6 @@
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn_stylecode::sd::pipeline::{Settings, StableDiffusion};
-use burn_stylecode::sd::schedulers::SchedulerKind;
 use burn_stylecode::Error;
 use burn_stylecode_tests::*;
 
@@ -18,24 +17,11 @@ fn text(json: &serde_json::Value, key: &str) -> String {
     json[key].as_str().unwrap().to_string()
 }
 
-/// Settings of the reference run (`fixtures/reference/pipeline.json`).
-fn reference_settings(json: &serde_json::Value) -> Settings {
-    let number = |key: &str| json[key].as_u64().unwrap() as usize;
-    Settings {
-        steps: number("steps"),
-        guidance_scale: json["guidance_scale"].as_f64().unwrap(),
-        scheduler: SchedulerKind::Ddim,
-        karras: None,
-        width: number("width"),
-        height: number("height"),
-    }
-}
-
 #[test]
 fn whole_pipeline_matches_diffusers() {
     let json = reference_json("pipeline.json");
     let reference = reference("pipeline.safetensors");
-    let settings = reference_settings(&json);
+    let settings = pipeline_reference_settings(&json);
     let sd = tiny_sd();
     // diffusers' latent size: the tiny VAE has one upsampler, not SD1.5's three.
     assert_eq!(sd.vae_scale_factor(), json["vae_scale_factor"].as_u64().unwrap() as usize);
