@@ -9,7 +9,7 @@
 
 use burn::prelude::*;
 use burn_stylecode::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
-use burn_stylecode::style_control::{MixInit, StyleControl, StyleControlConfig};
+use burn_stylecode::style::control::{MixInit, StyleControl, StyleControlConfig};
 use std::time::Instant;
 
 fn main() {
@@ -39,7 +39,9 @@ fn run<B: Backend>(device: B::Device, backend: &str, mode: &str, repeats: usize)
 
     let step = || {
         let noise = match &control {
-            Some(control) => control.forward(&unet, sample.clone(), timestep.clone(), context.clone(), style.clone(), 0.9),
+            Some(control) => {
+                control.forward(&unet, sample.clone(), timestep.clone(), context.clone(), style.clone(), 0.9)
+            }
             None => unet.forward(sample.clone(), timestep.clone(), context.clone()),
         };
         // Reading one value back waits for the device to finish.

@@ -4,6 +4,7 @@ mod backend;
 mod commands;
 
 use backend::BackendKind;
+use burn::tensor::DType;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,24 @@ pub struct ModelArgs {
     backend: BackendKind,
 }
 
+impl ModelArgs {
+    /// The handle over the weights folder: `--dtype` if given, else f16 on
+    /// GPU backends and f32 on the CPU.
+    pub fn style_codes<B: burn::prelude::Backend>(
+        &self,
+        dtype: Option<&str>,
+        device: B::Device,
+    ) -> burn_stylecode::StyleCodes<B> {
+        let dtype = match dtype {
+            Some("f16") => DType::F16,
+            Some(_) => DType::F32,
+            None if self.backend == BackendKind::Cpu => DType::F32,
+            None => DType::F16,
+        };
+        burn_stylecode::StyleCodes::new(burn_stylecode::WeightsDir::resolve(self.weights.clone()), dtype, device)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Print the stylecode of each image.
@@ -35,7 +54,7 @@ enum Command {
     /// Rewrite a stylecode in the other format.
     Convert(commands::convert::Args),
     /// Generate SD1.5 images from a prompt, optionally in a style.
-    Generate(commands::generate::Args),
+    Generate(Box<commands::generate::Args>),
     /// Blend codes: a weighted mean of their latents.
     Mix(commands::mix::Args),
     /// Print a random stylecode.
@@ -48,7 +67,7 @@ fn main() -> ExitCode {
         Command::Encode(args) => commands::encode::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Convert(args) => commands::convert::run(args),
-        Command::Generate(args) => commands::generate::run(args),
+        Command::Generate(args) => commands::generate::run(*args),
         Command::Mix(args) => commands::mix::run(args),
         Command::Random(args) => commands::random::run(args),
     };

@@ -8,11 +8,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn stylecode(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stylecode"))
-        .args(args)
-        .env_remove("STYLECODE_WEIGHTS")
-        .output()
-        .expect("runs")
+    Command::new(env!("CARGO_BIN_EXE_stylecode")).args(args).env_remove("STYLECODE_WEIGHTS").output().expect("runs")
 }
 
 fn stdout(output: &Output) -> String {
@@ -28,15 +24,14 @@ fn stderr(output: &Output) -> String {
 /// come from the library, since JPEG decoders differ by a level or two (see
 /// tests/tests/encode.rs for how that is bounded).
 fn reference_codes() -> Vec<(String, String, String)> {
-    use burn_stylecode::preprocess::load_rgb;
+    use burn_stylecode::siglip::preprocess::load_rgb;
     let text = std::fs::read_to_string(fixtures().join("reference/encode.json")).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let encoder = burn_stylecode::StyleEncoder::<burn::backend::Flex>::load(
-        &burn_stylecode::WeightsDir::new(fixtures().join("weights")),
+    let encoder = burn_stylecode::StyleCodes::<burn::backend::Flex>::new(
+        burn_stylecode::WeightsDir::new(fixtures().join("weights")),
         burn::tensor::DType::F32,
-        &Default::default(),
-    )
-    .unwrap();
+        Default::default(),
+    );
     json["images"]
         .as_array()
         .unwrap()

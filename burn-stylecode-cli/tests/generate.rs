@@ -8,7 +8,8 @@ fn weights() -> String {
 }
 
 fn generate(out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["generate", "--prompt", "a lighthouse at dusk", "--width", "48", "--height", "32", "--steps", "3"];
+    let mut args =
+        vec!["generate", "--prompt", "a lighthouse at dusk", "--width", "48", "--height", "32", "--steps", "3"];
     args.extend_from_slice(extra);
     let out_arg = out.display().to_string();
     Command::new(env!("CARGO_BIN_EXE_stylecode"))
@@ -28,7 +29,7 @@ fn pixels(path: &Path) -> Vec<u8> {
 }
 
 fn text(path: &Path) -> Vec<(String, String)> {
-    burn_stylecode::png_text::read_png_text(path).unwrap()
+    burn_stylecode::read_png_text(path).unwrap()
 }
 
 fn get<'a>(text: &'a [(String, String)], key: &str) -> &'a str {
@@ -176,7 +177,10 @@ fn style_image_is_encoded_and_its_code_printed_and_stored() {
     let dir = tempfile::tempdir().unwrap();
     let drawing = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/images/drawing.png");
     let drawing = drawing.display().to_string();
-    let encoded = Command::new(env!("CARGO_BIN_EXE_stylecode")).args(["encode", &drawing, "--weights", &weights()]).output().unwrap();
+    let encoded = Command::new(env!("CARGO_BIN_EXE_stylecode"))
+        .args(["encode", &drawing, "--weights", &weights()])
+        .output()
+        .unwrap();
     ok(&encoded);
     let code = stdout(&encoded).trim().to_string();
 
@@ -192,7 +196,10 @@ fn style_image_is_encoded_and_its_code_printed_and_stored() {
 
     // `encode` on the generated PNG reports the code it carries.
     let path = out_path.display().to_string();
-    let report = Command::new(env!("CARGO_BIN_EXE_stylecode")).args(["encode", &path, "--json", "--weights", &weights()]).output().unwrap();
+    let report = Command::new(env!("CARGO_BIN_EXE_stylecode"))
+        .args(["encode", &path, "--json", "--weights", &weights()])
+        .output()
+        .unwrap();
     ok(&report);
     let json: serde_json::Value = serde_json::from_str(stdout(&report).trim()).unwrap();
     assert_eq!(json["stored_code"], code.as_str());
@@ -220,7 +227,9 @@ fn f16_runs_every_network_and_stays_close_to_f32() {
     let dir = tempfile::tempdir().unwrap();
     let drawing = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/images/drawing.png");
     let drawing = drawing.display().to_string();
-    for (name, style) in [("plain", vec![]), ("code", vec!["--style", CODE_A]), ("image", vec!["--style-image", drawing.as_str()])] {
+    for (name, style) in
+        [("plain", vec![]), ("code", vec!["--style", CODE_A]), ("image", vec!["--style-image", drawing.as_str()])]
+    {
         let [full, half] = ["f32", "f16"].map(|dtype| dir.path().join(format!("{name}-{dtype}.png")));
         for (path, dtype) in [(&full, "f32"), (&half, "f16")] {
             let mut args = vec!["--seed", "9", "--dtype", dtype];

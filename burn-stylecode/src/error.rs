@@ -25,12 +25,32 @@ pub enum Error {
     Image { path: PathBuf, message: String },
     #[error("{}: {message}", path.display())]
     Config { path: PathBuf, message: String },
-    #[error(transparent)]
-    Code(#[from] crate::code::CodeError),
-    #[error(transparent)]
-    Blend(#[from] crate::code::BlendError),
+    #[error("{}: cannot load {module}: {message}", path.display())]
+    Load { path: PathBuf, module: String, message: String },
     #[error("{0}")]
-    Other(String),
+    Code(#[from] CodeError),
+    #[error("{0}")]
+    Blend(#[from] BlendError),
+    /// Models that do not fit together (a width one makes and another reads).
+    #[error("{0}")]
+    Incompatible(String),
+    /// A code made by other StyleCodes weights than the loaded ones.
+    #[error(
+        "the style code is for version {code} of the StyleCodes weights, but {} holds version {weights}",
+        path.display()
+    )]
+    VersionMismatch { code: char, weights: char, path: PathBuf },
+    /// A generation or encoding request that cannot be run as given.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("the CLIP tokenizer: {0}")]
+    Tokenizer(String),
+    /// The backend failed to hand a tensor back to the host.
+    #[error("reading {what} back from the device: {message}")]
+    ReadBack { what: &'static str, message: String },
+    /// The progress callback asked to stop.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// The first few keys, quoted, and how many more there are.
@@ -41,6 +61,47 @@ pub(crate) fn preview(keys: &[String]) -> String {
         text.push_str(&format!(", and {} more", keys.len() - SHOWN));
     }
     text
+}
+
+/// Why a string is not a stylecode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodeError {
+    #[error(
+        "a stylecode has 21 characters (paper form) or 27 (official form, \
+         `=` padding optional); `{code}` has {len}"
+    )]
+    Length { code: String, len: usize },
+    #[error("character {character:?} at position {position} of `{code}` is not a base64 symbol (A-Z a-z 0-9 + /)")]
+    Character { code: String, character: char, position: usize },
+    #[error(
+        "version character {character:?} at position {position} of `{code}` is not a known encoder version \
+         (expected a base64 symbol)"
+    )]
+    Version { code: String, character: char, position: usize },
+    #[error("byte {index} of official code `{code}` is {value}, over the 6-bit maximum 63")]
+    ValueRange { code: String, index: usize, value: u8 },
+    #[error("official code `{code}` has non-zero bits after the 20th byte (at position {position})")]
+    TrailingBits { code: String, position: usize },
+    #[error("value {value} at index {index} is over the 6-bit maximum 63")]
+    Value { index: usize, value: u8 },
+}
+
+/// Why codes cannot be blended.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BlendError {
+    #[error(transparent)]
+    Code(#[from] CodeError),
+    #[error("`{text}`: the weight after `:` must be a non-negative number")]
+    Weight { text: String },
+    #[error("no codes to blend")]
+    Empty,
+    #[error("the weights add up to zero")]
+    ZeroWeight,
+    #[error(
+        "codes of different versions cannot be blended: `{first}` is version {first_version}, \
+         `{other}` is version {other_version}"
+    )]
+    Versions { first: String, first_version: char, other: String, other_version: char },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

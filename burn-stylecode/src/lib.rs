@@ -4,21 +4,31 @@
 //! Every network is generic over a burn [`Backend`](burn::prelude::Backend):
 //! the same code trains with `Autodiff<Cuda>`, runs inference on CUDA or
 //! wgpu, and tests on the CPU (burn-flex).
+//!
+//! The layers point one way (ARCHITECTURE.md): [`nn`] ← [`weights`] ← the
+//! networks ([`siglip`], [`sd`], [`style`]) ← the handle ([`pipeline`]) and
+//! the weight import ([`import`]). [`error`] is shared by all.
+//!
+//! README.md has a ten-line example of the handle, [`StyleCodes`]; it
+//! is compiled as a doc test.
 
-pub mod autoencoder;
-pub mod code;
+/// README.md's Rust examples, compiled and checked by `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
+
 pub mod error;
 pub mod import;
 pub mod nn;
-pub mod png_text;
-pub mod preprocess;
+pub mod pipeline;
 pub mod sd;
 pub mod siglip;
-pub mod style_control;
-pub mod style_encoder;
+pub mod style;
 pub mod weights;
 
-pub use code::{CodeFormat, StyleCode, WeightedCode};
 pub use error::{Error, Result};
-pub use style_encoder::{EncodedStyle, StyleEncoder};
-pub use weights::WeightsDir;
+pub use pipeline::{
+    read_png_text, write_png, GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, Progress, Recipe, Style,
+    StyleCodes, WeightsDir,
+};
+pub use style::{CodeFormat, EncodedStyle, StyleCode, WeightedCode};

@@ -1,10 +1,15 @@
 #![no_main]
 //! Any string: parsing never panics, and whatever parses round-trips.
 //!
-//! The parser's module is compiled in directly, so that fuzzing does not
-//! build burn with sanitizer instrumentation.
+//! The parser's module (and the error types it uses) is compiled in
+//! directly, so that fuzzing does not build burn with sanitizer
+//! instrumentation.
 
-#[path = "../../burn-stylecode/src/code.rs"]
+#[path = "../../burn-stylecode/src/error.rs"]
+#[allow(dead_code)]
+mod error;
+
+#[path = "../../burn-stylecode/src/style/code.rs"]
 #[allow(dead_code)]
 mod code;
 

@@ -59,7 +59,11 @@ pub fn tensor<const D: usize>(file: &TensorFile, key: &str) -> Tensor<TestBacken
 
 /// Asserts parity within [`REL_TOL`] of the reference's scale; returns the
 /// relative error for reporting.
-pub fn assert_close<const D: usize>(what: &str, actual: Tensor<TestBackend, D>, expected: Tensor<TestBackend, D>) -> f32 {
+pub fn assert_close<const D: usize>(
+    what: &str,
+    actual: Tensor<TestBackend, D>,
+    expected: Tensor<TestBackend, D>,
+) -> f32 {
     assert_eq!(actual.dims(), expected.dims(), "{what}: shape");
     let actual = actual.into_data().into_vec::<f32>().unwrap();
     let expected = expected.into_data().into_vec::<f32>().unwrap();
@@ -109,7 +113,9 @@ pub fn rewrite_safetensors(
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = buffers
         .iter()
-        .map(|(name, shape, bytes)| (name.clone(), safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).unwrap()))
+        .map(|(name, shape, bytes)| {
+            (name.clone(), safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).unwrap())
+        })
         .collect();
     safetensors::serialize_to_file(views, None, dst).unwrap();
 }

@@ -2,16 +2,18 @@
 //! the PyTorch pipeline (PIL preprocessing, transformers SigLIP, autoencoder).
 
 use burn::tensor::DType;
-use burn_stylecode::preprocess::load_rgb;
-use burn_stylecode::{StyleCode, StyleEncoder};
+use burn_stylecode::siglip::preprocess::load_rgb;
+use burn_stylecode::{StyleCode, StyleCodes};
 use burn_stylecode_tests::*;
 
 #[test]
 fn codes_match_the_pytorch_pipeline() {
-    let encoder = StyleEncoder::<TestBackend>::load(&weights(), DType::F32, &device()).unwrap();
+    let styles = StyleCodes::<TestBackend>::new(weights(), DType::F32, device());
+    let encoder = styles.encoder().unwrap();
     let reference = reference_json("encode.json");
     let entries = reference["images"].as_array().unwrap();
-    let images: Vec<_> = entries.iter().map(|e| load_rgb(fixtures().join(e["path"].as_str().unwrap())).unwrap()).collect();
+    let images: Vec<_> =
+        entries.iter().map(|e| load_rgb(fixtures().join(e["path"].as_str().unwrap())).unwrap()).collect();
     let styles = encoder.encode(&images).unwrap();
     for (entry, style) in entries.iter().zip(&styles) {
         let path = entry["path"].as_str().unwrap();
@@ -34,7 +36,10 @@ fn codes_match_the_pytorch_pipeline() {
                 if ours != theirs {
                     let steps = (latent[i] + 1.0) * 31.5;
                     let to_boundary = (steps - steps.round()).abs() / 31.5;
-                    assert!(ours.abs_diff(theirs) == 1 && to_boundary <= worst, "{path}: value {i} is {ours}, PyTorch {theirs}");
+                    assert!(
+                        ours.abs_diff(theirs) == 1 && to_boundary <= worst,
+                        "{path}: value {i} is {ours}, PyTorch {theirs}"
+                    );
                 }
             }
         }
@@ -43,7 +48,8 @@ fn codes_match_the_pytorch_pipeline() {
 
 #[test]
 fn batching_does_not_change_codes() {
-    let encoder = StyleEncoder::<TestBackend>::load(&weights(), DType::F32, &device()).unwrap();
+    let styles = StyleCodes::<TestBackend>::new(weights(), DType::F32, device());
+    let encoder = styles.encoder().unwrap();
     let photo = load_rgb(fixtures().join("images/photo.jpg")).unwrap();
     let drawing = load_rgb(fixtures().join("images/drawing.png")).unwrap();
     let together = encoder.encode(&[photo.clone(), drawing]).unwrap();

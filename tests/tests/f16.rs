@@ -9,10 +9,15 @@
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn_stylecode::autoencoder::quantize_dequantize;
-use burn_stylecode::style_control::{mid_grid, StyleCodes};
-use burn_stylecode::weights::loader::*;
+use burn_stylecode::sd::clip::ClipTextTransformer;
+use burn_stylecode::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
+use burn_stylecode::sd::vae::AutoencoderKL;
+use burn_stylecode::siglip::SiglipVisionTransformer;
+use burn_stylecode::style::autoencoder::quantize_dequantize;
+use burn_stylecode::style::autoencoder::AttentionAutoencoder;
+use burn_stylecode::style::{StyleCodesModel, StyleCondition};
 use burn_stylecode::weights::safetensors::TensorFile;
+use burn_stylecode::weights::JsonConfig;
 use burn_stylecode_tests::*;
 
 const F16_TOL: f32 = 1e-2;
@@ -22,7 +27,11 @@ fn half<const D: usize>(file: &TensorFile, key: &str) -> Tensor<TestBackend, D> 
 }
 
 /// Asserts that an f16 output follows the f32 reference; returns the relative error.
-fn assert_f16_close<const D: usize>(what: &str, actual: Tensor<TestBackend, D>, expected: Tensor<TestBackend, D>) -> f32 {
+fn assert_f16_close<const D: usize>(
+    what: &str,
+    actual: Tensor<TestBackend, D>,
+    expected: Tensor<TestBackend, D>,
+) -> f32 {
     assert_eq!(actual.dtype(), DType::F16, "{what}: the network left f16");
     assert_eq!(actual.dims(), expected.dims(), "{what}: shape");
     let actual = actual.cast(DType::F32).into_data().into_vec::<f32>().unwrap();
@@ -39,8 +48,7 @@ fn assert_f16_close<const D: usize>(what: &str, actual: Tensor<TestBackend, D>, 
 #[test]
 fn unet() {
     let dir = weights().sd15_dir().join("unet");
-    let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
-    let unet = load_unet::<TestBackend>(&read_unet_config(&dir).unwrap(), &file, DType::F16, &device()).unwrap();
+    let unet = UNet2DConditionModel::<TestBackend>::from_diffusers_dir(&dir, DType::F16, &device()).unwrap();
     let reference = reference("sd15_unet.safetensors");
     let noise = unet.forward(half(&reference, "sample"), half(&reference, "timesteps"), half(&reference, "context"));
     assert_f16_close("unet", noise, tensor(&reference, "noise"));
@@ -49,8 +57,7 @@ fn unet() {
 #[test]
 fn vae() {
     let dir = weights().sd15_dir().join("vae");
-    let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
-    let vae = load_vae::<TestBackend>(&read_vae_config(&dir).unwrap(), &file, DType::F16, &device()).unwrap();
+    let vae = AutoencoderKL::<TestBackend>::from_diffusers_dir(&dir, DType::F16, &device()).unwrap();
     let reference = reference("sd15_vae.safetensors");
     let (mean, logvar) = vae.encode(half(&reference, "image"));
     assert_f16_close("vae mean", mean, tensor(&reference, "mean"));
@@ -61,9 +68,7 @@ fn vae() {
 #[test]
 fn clip_text() {
     let dir = weights().sd15_dir().join("text_encoder");
-    let config = burn_stylecode::sd::clip::ClipTextConfig::from_file(dir.join("config.json")).unwrap();
-    let file = TensorFile::open(dir.join("model.safetensors")).unwrap();
-    let clip = load_clip_text::<TestBackend>(&config, &file, DType::F16, &device()).unwrap();
+    let clip = ClipTextTransformer::<TestBackend>::from_dir(&dir, DType::F16, &device()).unwrap();
     let reference = reference("clip_text.safetensors");
     let out = clip.forward(tensor::<2>(&reference, "input_ids").int());
     assert_f16_close("clip last_hidden_state", out.last_hidden_state, tensor(&reference, "last_hidden_state"));
@@ -72,9 +77,8 @@ fn clip_text() {
 
 #[test]
 fn siglip() {
-    let weights = weights();
-    let file = TensorFile::open(weights.siglip_weights().unwrap()).unwrap();
-    let siglip = load_siglip::<TestBackend>(&weights.siglip_config().unwrap(), &file, DType::F16, &device()).unwrap();
+    let siglip =
+        SiglipVisionTransformer::<TestBackend>::from_hf_dir(&weights().siglip_dir(), DType::F16, &device()).unwrap();
     let reference = reference("siglip.safetensors");
     let out = siglip.forward(half(&reference, "pixel_values"));
     assert_f16_close("siglip penultimate", out.penultimate, tensor(&reference, "penultimate"));
@@ -86,7 +90,7 @@ fn autoencoder() {
     let weights = weights();
     let config = weights.stylecodes_config().unwrap();
     let file = TensorFile::open(weights.stylecodes_weights().unwrap()).unwrap();
-    let model = load_autoencoder::<TestBackend>(&config.autoencoder, &file, DType::F16, &device()).unwrap();
+    let model = AttentionAutoencoder::<TestBackend>::load(&config.autoencoder, &file, DType::F16, &device()).unwrap();
     let reference = reference("autoencoder.safetensors");
     let latent = model.encode(half(&reference, "src"));
     assert_f16_close("autoencoder latent", latent, tensor(&reference, "latent"));
@@ -98,15 +102,29 @@ fn autoencoder() {
 fn style_control() {
     let weights = weights();
     let dir = weights.sd15_dir().join("unet");
-    let unet_config = read_unet_config(&dir).unwrap();
-    let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
-    let unet = load_unet::<TestBackend>(&unet_config, &file, DType::F16, &device()).unwrap();
-    let codes = StyleCodes::<TestBackend>::load(&weights, &unet_config, DType::F16, &device()).unwrap();
+    let unet_config = UNetConfig::from_file(&dir.join("config.json")).unwrap();
+    let unet = UNet2DConditionModel::<TestBackend>::from_diffusers_dir(&dir, DType::F16, &device()).unwrap();
+    let codes =
+        StyleCodesModel::<TestBackend>::from_dir(&weights.stylecodes_dir(), &unet_config, DType::F16, &device())
+            .unwrap();
     let reference = reference("style_control.safetensors");
     let sample: Tensor<TestBackend, 4> = half(&reference, "sample");
     let [_, _, height, width] = sample.dims();
-    let features = codes.features(half(&reference, "code_latents"), mid_grid(&unet, [height, width]));
     let scale = reference_json("style_control.json")["step_scale"].as_f64().unwrap();
-    let noise = codes.control.forward(&unet, sample, half(&reference, "timesteps"), half(&reference, "context"), features, scale);
+    let condition = StyleCondition {
+        autoencoder: &codes.autoencoder,
+        control: &codes.control,
+        latents: half(&reference, "code_latents"),
+        scale,
+    };
+    let features = condition.features(&unet, [height, width]);
+    let noise = codes.control.forward(
+        &unet,
+        sample,
+        half(&reference, "timesteps"),
+        half(&reference, "context"),
+        features,
+        scale,
+    );
     assert_f16_close("style control", noise, tensor(&reference, "noise_scale_0.9"));
 }

@@ -22,12 +22,18 @@
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn_stylecode::sd::clip::ClipTextConfig;
+use burn_stylecode::sd::clip::{ClipTextConfig, ClipTextTransformer};
+use burn_stylecode::sd::diffusers_weights;
 use burn_stylecode::sd::pipeline::StableDiffusion;
-use burn_stylecode::style_control::{mid_grid, StyleCodes};
-use burn_stylecode::weights::loader::*;
+use burn_stylecode::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
+use burn_stylecode::sd::vae::{AutoencoderKL, VaeConfig};
+use burn_stylecode::siglip::SiglipVisionTransformer;
+use burn_stylecode::style::autoencoder::AttentionAutoencoder;
+use burn_stylecode::style::{StyleCodesModel, StyleCondition};
 use burn_stylecode::weights::safetensors::TensorFile;
+use burn_stylecode::weights::JsonConfig;
 use burn_stylecode_tests::{pipeline_reference_settings, reference, reference_json, weights, REL_TOL};
+use std::ops::ControlFlow;
 
 #[cfg(feature = "wgpu")]
 type Gpu = burn::backend::Wgpu;
@@ -53,7 +59,14 @@ fn assert_close<const D: usize>(what: &str, dtype: DType, actual: Tensor<Gpu, D>
 }
 
 /// [`assert_close`] with `f16_tolerance` in f16.
-fn assert_within<const D: usize>(what: &str, dtype: DType, actual: Tensor<Gpu, D>, file: &TensorFile, key: &str, f16_tolerance: f32) {
+fn assert_within<const D: usize>(
+    what: &str,
+    dtype: DType,
+    actual: Tensor<Gpu, D>,
+    file: &TensorFile,
+    key: &str,
+    f16_tolerance: f32,
+) {
     assert_eq!(actual.dtype(), dtype, "{what}: the network left {dtype:?}");
     assert_eq!(actual.dims().as_slice(), file.shape(key).unwrap(), "{what}: shape");
     let actual = actual.into_data().convert::<f32>().into_vec::<f32>().unwrap();
@@ -64,7 +77,10 @@ fn assert_within<const D: usize>(what: &str, dtype: DType, actual: Tensor<Gpu, D
     let relative = worst / scale;
     eprintln!("{dtype:?} {what}: max relative error {relative:.2e}");
     assert!(actual.iter().all(|x| x.is_finite()), "{dtype:?} {what}: non-finite output");
-    assert!(relative <= tolerance, "{dtype:?} {what}: max error {worst} is {relative:e} of the scale {scale} (> {tolerance:e})");
+    assert!(
+        relative <= tolerance,
+        "{dtype:?} {what}: max error {worst} is {relative:e} of the scale {scale} (> {tolerance:e})"
+    );
 }
 
 #[test]
@@ -73,7 +89,13 @@ fn unet() {
     let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
     let r = reference("sd15_unet.safetensors");
     for dtype in DTYPES {
-        let unet = load_unet::<Gpu>(&read_unet_config(&dir).unwrap(), &file, dtype, &device()).unwrap();
+        let unet = UNet2DConditionModel::<Gpu>::load(
+            &UNetConfig::from_file(&dir.join("config.json")).unwrap(),
+            &file,
+            dtype,
+            &device(),
+        )
+        .unwrap();
         let (timesteps, context) = (tensor(&r, "timesteps", dtype), tensor(&r, "context", dtype));
         let noise = unet.forward(tensor(&r, "sample", dtype), timesteps.clone(), context.clone());
         assert_close("unet", dtype, noise, &r, "noise");
@@ -85,16 +107,18 @@ fn unet() {
 #[test]
 fn style_control() {
     let dir = weights().sd15_dir().join("unet");
-    let config = read_unet_config(&dir).unwrap();
+    let config = UNetConfig::from_file(&dir.join("config.json")).unwrap();
     let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
     let r = reference("style_control.safetensors");
     let scale = reference_json("style_control.json")["step_scale"].as_f64().unwrap();
     for dtype in DTYPES {
-        let unet = load_unet::<Gpu>(&config, &file, dtype, &device()).unwrap();
-        let codes = StyleCodes::<Gpu>::load(&weights(), &config, dtype, &device()).unwrap();
+        let unet = UNet2DConditionModel::<Gpu>::load(&config, &file, dtype, &device()).unwrap();
+        let codes = StyleCodesModel::<Gpu>::from_dir(&weights().stylecodes_dir(), &config, dtype, &device()).unwrap();
         let sample = tensor::<4>(&r, "sample", dtype);
         let [_, _, height, width] = sample.dims();
-        let features = codes.features(tensor(&r, "code_latents", dtype), mid_grid(&unet, [height, width]));
+        let latents = tensor(&r, "code_latents", dtype);
+        let condition = StyleCondition { autoencoder: &codes.autoencoder, control: &codes.control, latents, scale };
+        let features = condition.features(&unet, [height, width]);
         let (timesteps, context) = (tensor(&r, "timesteps", dtype), tensor(&r, "context", dtype));
         let noise = codes.control.forward(&unet, sample, timesteps, context, features, scale);
         assert_close("style control", dtype, noise, &r, "noise_scale_0.9");
@@ -107,7 +131,13 @@ fn vae() {
     let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
     let r = reference("sd15_vae.safetensors");
     for dtype in DTYPES {
-        let vae = load_vae::<Gpu>(&read_vae_config(&dir).unwrap(), &file, dtype, &device()).unwrap();
+        let vae = AutoencoderKL::<Gpu>::load(
+            &VaeConfig::from_file(&dir.join("config.json")).unwrap(),
+            &file,
+            dtype,
+            &device(),
+        )
+        .unwrap();
         let (mean, logvar) = vae.encode(tensor(&r, "image", dtype));
         assert_close("vae mean", dtype, mean, &r, "mean");
         assert_close("vae logvar", dtype, logvar, &r, "logvar");
@@ -118,11 +148,11 @@ fn vae() {
 #[test]
 fn clip_text() {
     let dir = weights().sd15_dir().join("text_encoder");
-    let config = ClipTextConfig::from_file(dir.join("config.json")).unwrap();
+    let config = ClipTextConfig::from_file(&dir.join("config.json")).unwrap();
     let file = TensorFile::open(dir.join("model.safetensors")).unwrap();
     let r = reference("clip_text.safetensors");
     for dtype in DTYPES {
-        let clip = load_clip_text::<Gpu>(&config, &file, dtype, &device()).unwrap();
+        let clip = ClipTextTransformer::<Gpu>::load(&config, &file, dtype, &device()).unwrap();
         let out = clip.forward(tensor::<2>(&r, "input_ids", DType::F32).int());
         assert_close("clip last_hidden_state", dtype, out.last_hidden_state, &r, "last_hidden_state");
         assert_close("clip pooled_output", dtype, out.pooled_output, &r, "pooled_output");
@@ -135,7 +165,8 @@ fn siglip() {
     let file = TensorFile::open(weights.siglip_weights().unwrap()).unwrap();
     let r = reference("siglip.safetensors");
     for dtype in DTYPES {
-        let siglip = load_siglip::<Gpu>(&weights.siglip_config().unwrap(), &file, dtype, &device()).unwrap();
+        let siglip =
+            SiglipVisionTransformer::<Gpu>::load(&weights.siglip_config().unwrap(), &file, dtype, &device()).unwrap();
         let out = siglip.forward(tensor(&r, "pixel_values", dtype));
         assert_close("siglip penultimate", dtype, out.penultimate, &r, "penultimate");
         assert_close("siglip pooled_output", dtype, out.pooled_output.expect("head"), &r, "pooled_output");
@@ -149,7 +180,7 @@ fn autoencoder() {
     let file = TensorFile::open(weights.stylecodes_weights().unwrap()).unwrap();
     let r = reference("autoencoder.safetensors");
     for dtype in DTYPES {
-        let autoencoder = load_autoencoder::<Gpu>(&config.autoencoder, &file, dtype, &device()).unwrap();
+        let autoencoder = AttentionAutoencoder::<Gpu>::load(&config.autoencoder, &file, dtype, &device()).unwrap();
         assert_close("autoencoder latent", dtype, autoencoder.encode(tensor(&r, "src", dtype)), &r, "latent");
     }
 }
@@ -165,7 +196,10 @@ fn whole_pipeline() {
     for dtype in DTYPES {
         let sd = StableDiffusion::<Gpu>::load(&weights().sd15_dir(), dtype, &device()).unwrap();
         let context = sd.text_context(&text("prompt"), &text("negative_prompt"), &settings).unwrap();
-        let latents = sd.run(tensor(&r, "noise", dtype), &context, &settings, &mut [], None, |_, _| {}).unwrap();
+        let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
+        let noise = tensor(&r, "noise", dtype);
+        let latents =
+            sd.denoise(noise, &context, &settings, &mut [], predict, |_, _| ControlFlow::Continue(())).unwrap();
         assert_within("pipeline latents", dtype, latents.clone(), &r, "latents", PIPELINE_F16_TOL);
         let image = (sd.vae.decode(sd.vae.from_diffusion(latents)) / 2.0 + 0.5).clamp(0.0, 1.0);
         assert_within("pipeline image", dtype, image, &r, "image", PIPELINE_F16_TOL);

@@ -8,11 +8,13 @@
 
 use burn::tensor::DType;
 use burn_stylecode::import::{
-    self, expected, sd15_from_diffusers_dir, sd15_from_single_file, siglip_from_dir, stylecodes_from_bin, ClipTextConfig, ImportError,
-    ImportOptions, ImportReport, Manifest, Sd15Configs, StylecodesSpec, UnetConfig, VaeConfig, WeightDtype,
+    self, expected, sd15_from_diffusers_dir, sd15_from_single_file, siglip_from_dir, stylecodes_from_bin, ImportError,
+    ImportOptions, ImportReport, Manifest, Sd15Configs, StylecodesSpec, WeightDtype,
 };
-use burn_stylecode::preprocess::load_rgb;
-use burn_stylecode::{StyleEncoder, WeightsDir};
+use burn_stylecode::sd::{clip::ClipTextConfig, unet_2d::UNetConfig, vae::VaeConfig};
+use burn_stylecode::siglip::preprocess::load_rgb;
+use burn_stylecode::weights::JsonConfig;
+use burn_stylecode::{StyleCodes, WeightsDir};
 use burn_stylecode_tests::*;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
@@ -68,13 +70,20 @@ fn assert_same_tensors(what: &str, actual: &Tensors, expected: &Tensors, dtype: 
         let (_, want_shape, want_values) = &expected[name];
         assert_eq!(*got_dtype, dtype, "{what}: {name}: dtype");
         assert_eq!(shape, want_shape, "{what}: {name}: shape");
-        assert!(values.iter().zip(want_values).all(|(x, y)| x.to_bits() == y.to_bits()), "{what}: {name}: values differ");
+        assert!(
+            values.iter().zip(want_values).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{what}: {name}: values differ"
+        );
     }
 }
 
 /// The imported SD1.5 folder equals the diffusers reference, file by file.
 fn assert_matches_reference(dir: &Path, dtype: Dtype) {
-    for rel in ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"] {
+    for rel in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ] {
         assert_same_tensors(rel, &read_tensors(&dir.join(rel)), &read_tensors(&reference_dir().join(rel)), dtype);
     }
     for rel in [
@@ -147,7 +156,11 @@ fn widen(tensors: Vec<Raw>) -> Vec<Raw> {
         .map(|t| match t.dtype {
             Dtype::F16 => Raw {
                 dtype: Dtype::F32,
-                data: t.data.chunks_exact(2).flat_map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32().to_le_bytes()).collect(),
+                data: t
+                    .data
+                    .chunks_exact(2)
+                    .flat_map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32().to_le_bytes())
+                    .collect(),
                 ..t
             },
             _ => t,
@@ -165,14 +178,26 @@ fn leftover_has(report: &ImportReport, key: &str) -> bool {
 #[test]
 fn official_bin_imports_to_the_official_keys_and_the_same_codes() {
     let out = tempfile::tempdir().unwrap();
-    let report = stylecodes_from_bin(&import_fixtures().join("stylecodes.bin"), out.path(), &tiny_stylecodes_spec(), &options(WeightDtype::F32)).unwrap();
+    let report = stylecodes_from_bin(
+        &import_fixtures().join("stylecodes.bin"),
+        out.path(),
+        &tiny_stylecodes_spec(),
+        &options(WeightDtype::F32),
+    )
+    .unwrap();
     assert!(!report.skipped);
     let imported = out.path().join("stylecodes");
     assert_eq!(listing(&imported), ["config.json", "manifest.json", "stylecodes.safetensors"]);
     let direct = weights().stylecodes_weights().unwrap();
-    assert_same_tensors("stylecodes", &read_tensors(&imported.join("stylecodes.safetensors")), &read_tensors(&direct), Dtype::F32);
+    assert_same_tensors(
+        "stylecodes",
+        &read_tensors(&imported.join("stylecodes.safetensors")),
+        &read_tensors(&direct),
+        Dtype::F32,
+    );
     // Without a control config the control tensors are carried over unchecked.
-    let control: Vec<String> = read_tensors(&direct).into_keys().filter(|k| !k.starts_with("sref_autoencoder.")).collect();
+    let control: Vec<String> =
+        read_tensors(&direct).into_keys().filter(|k| !k.starts_with("sref_autoencoder.")).collect();
     assert!(control.len() > 100, "the fixture holds a whole tiny control module");
     assert_eq!(report.manifest.unchecked, control);
 
@@ -181,8 +206,8 @@ fn official_bin_imports_to_the_official_keys_and_the_same_codes() {
     assert!(leftover_has(&siglip, "text_model."), "{:?}", siglip.manifest.leftover);
     let images = ["images/photo.jpg", "images/drawing.png"].map(|p| load_rgb(fixtures().join(p)).unwrap());
     let codes = |dir: &WeightsDir| {
-        let encoder = StyleEncoder::<TestBackend>::load(dir, DType::F32, &device()).unwrap();
-        encoder.encode(&images).unwrap().into_iter().map(|s| (s.code.to_paper(), s.latent)).collect::<Vec<_>>()
+        let styles = StyleCodes::<TestBackend>::new(dir.clone(), DType::F32, device());
+        styles.encode(&images).unwrap().into_iter().map(|s| (s.code.to_paper(), s.latent)).collect::<Vec<_>>()
     };
     assert_eq!(codes(&WeightsDir::new(out.path())), codes(&weights()));
 }
@@ -203,10 +228,21 @@ fn siglip_import_keeps_exactly_the_vision_tower() {
 #[test]
 fn ldm_single_safetensors_converts_to_the_diffusers_reference() {
     let out = tempfile::tempdir().unwrap();
-    let report = sd15_from_single_file(&import_fixtures().join("sd15_ldm.safetensors"), out.path(), &tiny_configs(), &options(WeightDtype::F16)).unwrap();
+    let report = sd15_from_single_file(
+        &import_fixtures().join("sd15_ldm.safetensors"),
+        out.path(),
+        &tiny_configs(),
+        &options(WeightDtype::F16),
+    )
+    .unwrap();
     assert_matches_reference(&report.dir, Dtype::F16);
-    for left in ["alphas_cumprod", "model_ema.decay", "cond_stage_model.transformer.text_model.embeddings.position_ids"] {
-        assert!(report.manifest.leftover.iter().any(|k| k == left), "{left} not listed: {:?}", report.manifest.leftover);
+    for left in ["alphas_cumprod", "model_ema.decay", "cond_stage_model.transformer.text_model.embeddings.position_ids"]
+    {
+        assert!(
+            report.manifest.leftover.iter().any(|k| k == left),
+            "{left} not listed: {:?}",
+            report.manifest.leftover
+        );
     }
     assert_eq!(report.manifest.leftover.len(), 3, "{:?}", report.manifest.leftover);
 }
@@ -215,7 +251,13 @@ fn ldm_single_safetensors_converts_to_the_diffusers_reference() {
 fn ldm_ckpt_pickle_converts_to_the_diffusers_reference() {
     // Its tensors are views into one storage, one of them transposed.
     let out = tempfile::tempdir().unwrap();
-    let report = sd15_from_single_file(&import_fixtures().join("sd15_ldm.ckpt"), out.path(), &tiny_configs(), &options(WeightDtype::F32)).unwrap();
+    let report = sd15_from_single_file(
+        &import_fixtures().join("sd15_ldm.ckpt"),
+        out.path(),
+        &tiny_configs(),
+        &options(WeightDtype::F32),
+    )
+    .unwrap();
     assert_matches_reference(&report.dir, Dtype::F32);
     assert_eq!(report.manifest.leftover.len(), 3, "{:?}", report.manifest.leftover);
     assert_eq!(report.manifest.sources[0].format, "pytorch-zip");
@@ -239,11 +281,17 @@ fn diffusers_folder_with_old_vae_names_and_unprefixed_clip_is_canonicalised() {
     let work = tempfile::tempdir().unwrap();
     let source = work.path().join("fine-tune");
     copy_tree(&reference_dir(), &source);
-    std::fs::copy(import_fixtures().join("vae_old_attention.safetensors"), source.join("vae/diffusion_pytorch_model.safetensors")).unwrap();
+    std::fs::copy(
+        import_fixtures().join("vae_old_attention.safetensors"),
+        source.join("vae/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
     // transformers 5 saves CLIPTextModel without the `text_model.` level.
     let clip = source.join("text_encoder/model.safetensors");
-    let bare: Vec<Raw> =
-        raw_tensors(&clip).into_iter().map(|t| Raw { name: t.name.trim_start_matches("text_model.").to_string(), ..t }).collect();
+    let bare: Vec<Raw> = raw_tensors(&clip)
+        .into_iter()
+        .map(|t| Raw { name: t.name.trim_start_matches("text_model.").to_string(), ..t })
+        .collect();
     write_safetensors(&clip, &bare);
     let out = work.path().join("weights");
     let report = sd15_from_diffusers_dir(&source, &out, &options(WeightDtype::F16)).unwrap();
@@ -358,8 +406,15 @@ fn stale_staging_folders_of_an_interrupted_run_are_removed() {
     let stale = out.path().join(".stylecodes.partial-1-2");
     std::fs::create_dir_all(&stale).unwrap();
     std::fs::write(stale.join("stylecodes.safetensors"), b"half a file").unwrap();
-    stylecodes_from_bin(&import_fixtures().join("stylecodes.bin"), out.path(), &tiny_stylecodes_spec(), &options(WeightDtype::F16)).unwrap();
-    let names: Vec<String> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    stylecodes_from_bin(
+        &import_fixtures().join("stylecodes.bin"),
+        out.path(),
+        &tiny_stylecodes_spec(),
+        &options(WeightDtype::F16),
+    )
+    .unwrap();
+    let names: Vec<String> =
+        std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["stylecodes"]);
 }
 
@@ -489,7 +544,8 @@ fn crc32(data: &[u8]) -> u32 {
 
 #[test]
 fn malicious_pickles_are_refused_and_their_payload_never_runs() {
-    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(import_fixtures().join("malicious.json")).unwrap()).unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(import_fixtures().join("malicious.json")).unwrap()).unwrap();
     let marker = PathBuf::from(info["marker"].as_str().unwrap());
     let _ = std::fs::remove_file(&marker);
     for name in info["files"].as_array().unwrap() {
@@ -497,7 +553,12 @@ fn malicious_pickles_are_refused_and_their_payload_never_runs() {
         let error = fails(|root| stylecodes_from_bin(&path, root, &tiny_stylecodes_spec(), &options(WeightDtype::F32)));
         assert!(matches!(&error, ImportError::ForbiddenGlobal { global, .. } if global == "posix.system"), "{error}");
         let text = error.to_string();
-        assert!(text.contains(name.as_str().unwrap()) && text.contains("posix.system") && text.contains("nothing was executed"), "{text}");
+        assert!(
+            text.contains(name.as_str().unwrap())
+                && text.contains("posix.system")
+                && text.contains("nothing was executed"),
+            "{text}"
+        );
         // Also as an SD1.5 checkpoint.
         let error = fails(sd15_file(&path));
         assert!(matches!(error, ImportError::ForbiddenGlobal { .. }), "{error}");
@@ -510,18 +571,28 @@ fn a_missing_tensor_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("missing.safetensors");
     let gone = "model.diffusion_model.output_blocks.4.1.transformer_blocks.0.attn2.to_k.weight";
-    let tensors: Vec<Raw> = raw_tensors(&import_fixtures().join("sd15_ldm.safetensors")).into_iter().filter(|t| t.name != gone).collect();
+    let tensors: Vec<Raw> =
+        raw_tensors(&import_fixtures().join("sd15_ldm.safetensors")).into_iter().filter(|t| t.name != gone).collect();
     write_safetensors(&path, &tensors);
     let error = fails(sd15_file(&path));
-    assert!(matches!(&error, ImportError::MissingTensors { keys, model, .. } if keys == &[gone] && model == "the UNet"), "{error}");
+    assert!(
+        matches!(&error, ImportError::MissingTensors { keys, model, .. } if keys == &[gone] && model == "the UNet"),
+        "{error}"
+    );
     assert!(error.to_string().contains("missing.safetensors") && error.to_string().contains(gone), "{error}");
 
     // The same for the official form's autoencoder.
     let path = dir.path().join("stylecodes.safetensors");
-    let tensors: Vec<Raw> = raw_tensors(&weights().stylecodes_weights().unwrap()).into_iter().filter(|t| t.name != "sref_autoencoder.tgt_init").collect();
+    let tensors: Vec<Raw> = raw_tensors(&weights().stylecodes_weights().unwrap())
+        .into_iter()
+        .filter(|t| t.name != "sref_autoencoder.tgt_init")
+        .collect();
     write_safetensors(&path, &tensors);
     let error = fails(|root| stylecodes_from_bin(&path, root, &tiny_stylecodes_spec(), &options(WeightDtype::F32)));
-    assert!(matches!(&error, ImportError::MissingTensors { keys, .. } if keys == &["sref_autoencoder.tgt_init"]), "{error}");
+    assert!(
+        matches!(&error, ImportError::MissingTensors { keys, .. } if keys == &["sref_autoencoder.tgt_init"]),
+        "{error}"
+    );
 }
 
 #[test]
@@ -533,7 +604,8 @@ fn a_wrong_shape_names_the_key_and_both_shapes() {
         .into_iter()
         .map(|t| if t.name == key { Raw { shape: vec![t.shape[0], t.shape[1], 1, 9], ..t } } else { t })
         .collect();
-    let expected = raw_tensors(&import_fixtures().join("sd15_ldm.safetensors")).into_iter().find(|t| t.name == key).unwrap().shape;
+    let expected =
+        raw_tensors(&import_fixtures().join("sd15_ldm.safetensors")).into_iter().find(|t| t.name == key).unwrap().shape;
     write_safetensors(&path, &tensors);
     let error = fails(sd15_file(&path));
     match &error {
@@ -585,7 +657,13 @@ fn rename_zip_pickle(path: &Path) {
 #[test]
 fn a_failed_import_leaves_a_previous_good_one_alone() {
     let out = tempfile::tempdir().unwrap();
-    let good = sd15_from_single_file(&import_fixtures().join("sd15_ldm.safetensors"), out.path(), &tiny_configs(), &options(WeightDtype::F16)).unwrap();
+    let good = sd15_from_single_file(
+        &import_fixtures().join("sd15_ldm.safetensors"),
+        out.path(),
+        &tiny_configs(),
+        &options(WeightDtype::F16),
+    )
+    .unwrap();
     let before = listing(&good.dir);
     let dir = tempfile::tempdir().unwrap();
     let bad = truncated_copy(&import_fixtures().join("sd15_ldm.ckpt"), dir.path(), 0.5);
@@ -602,7 +680,8 @@ fn a_source_inside_the_folder_it_would_replace_is_refused() {
     std::fs::create_dir_all(&inside).unwrap();
     let path = inside.join("stylecodes_sd15_v1.bin");
     std::fs::copy(import_fixtures().join("stylecodes.bin"), &path).unwrap();
-    let error = stylecodes_from_bin(&path, out.path(), &tiny_stylecodes_spec(), &options(WeightDtype::F32)).unwrap_err();
+    let error =
+        stylecodes_from_bin(&path, out.path(), &tiny_stylecodes_spec(), &options(WeightDtype::F32)).unwrap_err();
     assert!(matches!(error, ImportError::SourceInsideTarget { .. }), "{error}");
     assert!(path.exists());
 }
@@ -611,8 +690,18 @@ fn a_source_inside_the_folder_it_would_replace_is_refused() {
 fn a_config_sd15_does_not_support_is_refused_by_name() {
     let mut configs = tiny_configs();
     configs.unet = configs.unet.replace("\"addition_embed_type\": null", "\"addition_embed_type\": \"text_time\"");
-    let error = fails(|root| sd15_from_single_file(&import_fixtures().join("sd15_ldm.safetensors"), root, &configs, &options(WeightDtype::F16)));
-    assert!(error.to_string().contains("addition_embed_type") && error.to_string().contains("unet/config.json"), "{error}");
+    let error = fails(|root| {
+        sd15_from_single_file(
+            &import_fixtures().join("sd15_ldm.safetensors"),
+            root,
+            &configs,
+            &options(WeightDtype::F16),
+        )
+    });
+    assert!(
+        error.to_string().contains("addition_embed_type") && error.to_string().contains("unet/config.json"),
+        "{error}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -628,19 +717,25 @@ fn sha256_lines(lines: &[String]) -> String {
 fn assert_digest(what: &str, lines: &[String], structure: &serde_json::Value) {
     let want = &structure[what];
     assert_eq!(lines.len() as u64, want["tensors"].as_u64().unwrap(), "{what}: tensor count");
-    assert_eq!(sha256_lines(lines), want["sha256"].as_str().unwrap(), "{what}: table differs from the Python classes:\n{}", lines.join("\n"));
+    assert_eq!(
+        sha256_lines(lines),
+        want["sha256"].as_str().unwrap(),
+        "{what}: table differs from the Python classes:\n{}",
+        lines.join("\n")
+    );
 }
 
 #[test]
 fn full_size_tables_match_diffusers_transformers_and_the_release() {
-    let structure: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(import_fixtures().join("structure.json")).unwrap()).unwrap();
+    let structure: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(import_fixtures().join("structure.json")).unwrap()).unwrap();
     let standard = Sd15Configs::standard();
-    let unet: UnetConfig = serde_json::from_str(&standard.unet).unwrap();
-    let vae: VaeConfig = serde_json::from_str(&standard.vae).unwrap();
-    let clip: ClipTextConfig = serde_json::from_str(&standard.text_encoder).unwrap();
-    assert_digest("sd15_unet", &expected::lines(&expected::unet(&unet).unwrap()), &structure);
-    assert_digest("sd15_vae", &expected::lines(&expected::vae(&vae).unwrap()), &structure);
-    assert_digest("sd15_text_encoder", &expected::lines(&expected::clip_text(&clip)), &structure);
+    let unet = UNetConfig::from_json(&standard.unet).unwrap();
+    let vae = VaeConfig::from_json(&standard.vae).unwrap();
+    let clip = ClipTextConfig::from_json(&standard.text_encoder).unwrap();
+    assert_digest("sd15_unet", &expected::lines(&unet.expected_tensors().unwrap()), &structure);
+    assert_digest("sd15_vae", &expected::lines(&vae.expected_tensors().unwrap()), &structure);
+    assert_digest("sd15_text_encoder", &expected::lines(&clip.expected_tensors().unwrap()), &structure);
     assert_digest("sd15_ldm_mapping", &expected::ldm_mapping_lines(&unet, &vae, &clip).unwrap(), &structure);
     let official = StylecodesSpec::official();
     let stylecodes = expected::stylecodes(&official.autoencoder, official.control.as_ref()).unwrap();
@@ -651,11 +746,21 @@ fn full_size_tables_match_diffusers_transformers_and_the_release() {
 fn tiny_tables_match_the_tiny_diffusers_models() {
     let configs = tiny_configs();
     let check = |rel: &str, table: Vec<expected::ExpectedTensor>| {
-        let file: BTreeMap<String, Vec<usize>> = read_tensors(&reference_dir().join(rel)).into_iter().map(|(k, (_, s, _))| (k, s)).collect();
+        let file: BTreeMap<String, Vec<usize>> =
+            read_tensors(&reference_dir().join(rel)).into_iter().map(|(k, (_, s, _))| (k, s)).collect();
         let ours: BTreeMap<String, Vec<usize>> = table.into_iter().map(|t| (t.key, t.shape)).collect();
         assert_eq!(ours, file, "{rel}");
     };
-    check("unet/diffusion_pytorch_model.safetensors", expected::unet(&serde_json::from_str(&configs.unet).unwrap()).unwrap());
-    check("vae/diffusion_pytorch_model.safetensors", expected::vae(&serde_json::from_str(&configs.vae).unwrap()).unwrap());
-    check("text_encoder/model.safetensors", expected::clip_text(&serde_json::from_str(&configs.text_encoder).unwrap()));
+    check(
+        "unet/diffusion_pytorch_model.safetensors",
+        UNetConfig::from_json(&configs.unet).unwrap().expected_tensors().unwrap(),
+    );
+    check(
+        "vae/diffusion_pytorch_model.safetensors",
+        VaeConfig::from_json(&configs.vae).unwrap().expected_tensors().unwrap(),
+    );
+    check(
+        "text_encoder/model.safetensors",
+        ClipTextConfig::from_json(&configs.text_encoder).unwrap().expected_tensors().unwrap(),
+    );
 }

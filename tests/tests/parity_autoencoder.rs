@@ -4,8 +4,9 @@ use burn::backend::Autodiff;
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn_stylecode::autoencoder::{quantize_dequantize, straight_through, AttentionAutoencoder, AutoencoderConfig};
-use burn_stylecode::weights::loader::load_autoencoder;
+use burn_stylecode::style::autoencoder::{
+    quantize_dequantize, straight_through, AttentionAutoencoder, AutoencoderConfig,
+};
 use burn_stylecode::weights::safetensors::TensorFile;
 use burn_stylecode::StyleCode;
 use burn_stylecode_tests::*;
@@ -14,7 +15,7 @@ fn tiny_autoencoder() -> AttentionAutoencoder<TestBackend> {
     let weights = weights();
     let config = weights.stylecodes_config().unwrap();
     let file = TensorFile::open(weights.stylecodes_weights().unwrap()).unwrap();
-    load_autoencoder(&config.autoencoder, &file, DType::F32, &device()).unwrap()
+    AttentionAutoencoder::load(&config.autoencoder, &file, DType::F32, &device()).unwrap()
 }
 
 #[test]
@@ -58,7 +59,8 @@ fn straight_through_forwards_the_code_and_passes_gradients_to_the_encoder() {
     let weights = weights();
     let config = weights.stylecodes_config().unwrap();
     let file = TensorFile::open(weights.stylecodes_weights().unwrap()).unwrap();
-    let model: AttentionAutoencoder<Ad> = load_autoencoder(&config.autoencoder, &file, DType::F32, &device()).unwrap();
+    let model: AttentionAutoencoder<Ad> =
+        AttentionAutoencoder::load(&config.autoencoder, &file, DType::F32, &device()).unwrap();
     let reference = reference("autoencoder.safetensors");
     let src = Tensor::<Ad, 3>::from_inner(tensor(&reference, "src"));
 
@@ -71,7 +73,9 @@ fn straight_through_forwards_the_code_and_passes_gradients_to_the_encoder() {
     let grads = loss.backward();
     let input_grad = model.input_proj.weight.grad(&grads).expect("gradient reaches the encoder's input projection");
     let latent_init_grad = model.latent_init.grad(&grads).expect("gradient reaches the learned query");
-    for (name, grad) in [("input_proj", input_grad.abs().sum()), ("latent_init", latent_init_grad.reshape([-1]).abs().sum())] {
+    for (name, grad) in
+        [("input_proj", input_grad.abs().sum()), ("latent_init", latent_init_grad.reshape([-1]).abs().sum())]
+    {
         let total = grad.into_scalar();
         assert!(total > 0.0 && total.is_finite(), "{name} gradient is {total}");
     }

@@ -4,8 +4,8 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn_stylecode::sd::clip::{ClipActivation, ClipTextConfig, ClipTextTransformer, EosPooling};
 use burn_stylecode::sd::tokenizer::ClipTokenizer;
-use burn_stylecode::weights::loader::load_clip_text;
 use burn_stylecode::weights::safetensors::TensorFile;
+use burn_stylecode::weights::JsonConfig;
 use burn_stylecode::Error;
 use burn_stylecode_tests::*;
 use safetensors::tensor::TensorView;
@@ -17,11 +17,11 @@ fn text_encoder_dir() -> PathBuf {
 }
 
 fn tiny_config() -> ClipTextConfig {
-    ClipTextConfig::from_file(text_encoder_dir().join("config.json")).unwrap()
+    ClipTextConfig::from_file(&text_encoder_dir().join("config.json")).unwrap()
 }
 
 fn load(path: &Path) -> burn_stylecode::Result<ClipTextTransformer<TestBackend>> {
-    load_clip_text(&tiny_config(), &TensorFile::open(path)?, DType::F32, &device())
+    ClipTextTransformer::load(&tiny_config(), &TensorFile::open(path)?, DType::F32, &device())
 }
 
 fn tiny_clip() -> ClipTextTransformer<TestBackend> {
@@ -58,7 +58,8 @@ fn first_eos_pooling_matches_newer_configs() {
 
     model.pooling = EosPooling::FirstId(eos);
     let out = model.forward(input_ids(&reference));
-    let error = assert_close("pooled_output_first_eos", out.pooled_output, tensor(&reference, "pooled_output_first_eos"));
+    let error =
+        assert_close("pooled_output_first_eos", out.pooled_output, tensor(&reference, "pooled_output_first_eos"));
     println!("max relative error: {error:e}");
 }
 
@@ -84,7 +85,8 @@ fn tiny_tokenizer_feeds_the_tiny_encoder() {
     let tokenizer = ClipTokenizer::from_dir(weights().sd15_dir().join("tokenizer")).unwrap();
     assert_eq!(tokenizer.vocab_size(), tiny_config().vocab_size);
     let ids = tokenizer.encode("a photograph of an astronaut riding a horse").unwrap();
-    let expected: Vec<u32> = tensor::<2>(&reference, "input_ids").into_data().iter::<f32>().take(77).map(|x| x as u32).collect();
+    let expected: Vec<u32> =
+        tensor::<2>(&reference, "input_ids").into_data().iter::<f32>().take(77).map(|x| x as u32).collect();
     assert_eq!(ids, expected);
 }
 
@@ -145,7 +147,10 @@ fn loading_is_strict() {
     let path = dir.path().join("extra.safetensors");
     rewritten(&path, |k| Some(k.to_string()), Some("text_model.embeddings.stray"));
     let error = load(&path).unwrap_err();
-    assert!(matches!(&error, Error::UnexpectedTensors { keys, .. } if keys == &["text_model.embeddings.stray"]), "{error}");
+    assert!(
+        matches!(&error, Error::UnexpectedTensors { keys, .. } if keys == &["text_model.embeddings.stray"]),
+        "{error}"
+    );
 
     // Other models' tensors in the same file are not ours to judge.
     let path = dir.path().join("clip_model.safetensors");
@@ -155,7 +160,10 @@ fn loading_is_strict() {
     let path = dir.path().join("missing.safetensors");
     rewritten(&path, |k| (k != "text_model.encoder.layers.1.mlp.fc2.bias").then(|| k.to_string()), None);
     let error = load(&path).unwrap_err();
-    assert!(matches!(&error, Error::MissingTensor { key, .. } if key == "text_model.encoder.layers.1.mlp.fc2.bias"), "{error}");
+    assert!(
+        matches!(&error, Error::MissingTensor { key, .. } if key == "text_model.encoder.layers.1.mlp.fc2.bias"),
+        "{error}"
+    );
 
     let path = dir.path().join("shape.safetensors");
     let edit = |(name, shape, values): Entry| {

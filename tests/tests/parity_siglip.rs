@@ -2,14 +2,15 @@
 
 use burn::tensor::DType;
 use burn_stylecode::siglip::SiglipVisionConfig;
-use burn_stylecode::weights::loader::load_siglip;
+use burn_stylecode::siglip::SiglipVisionTransformer;
 use burn_stylecode::weights::safetensors::TensorFile;
+use burn_stylecode::weights::JsonConfig;
 use burn_stylecode_tests::*;
 
 fn tiny_siglip() -> burn_stylecode::siglip::SiglipVisionTransformer<TestBackend> {
     let weights = weights();
     let file = TensorFile::open(weights.siglip_weights().unwrap()).unwrap();
-    load_siglip(&weights.siglip_config().unwrap(), &file, DType::F32, &device()).unwrap()
+    SiglipVisionTransformer::load(&weights.siglip_config().unwrap(), &file, DType::F32, &device()).unwrap()
 }
 
 #[test]
@@ -33,7 +34,9 @@ fn penultimate_alone_matches() {
 fn config_reads_nested_and_flat_forms() {
     let nested = weights().siglip_config().unwrap();
     assert_eq!((nested.hidden_size, nested.num_hidden_layers, nested.image_size, nested.patch_size), (32, 3, 32, 8));
-    let flat = SiglipVisionConfig::from_json(r#"{"hidden_size": 64, "vision_use_head": false}"#).unwrap();
+    let flat =
+        SiglipVisionConfig::from_json(r#"{"hidden_size": 64, "num_attention_heads": 4, "vision_use_head": false}"#)
+            .unwrap();
     assert_eq!(flat.hidden_size, 64);
     assert!(!flat.vision_use_head);
     // Unset fields take transformers' defaults, which are SigLIP-B/16's.

@@ -5,28 +5,31 @@
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn_stylecode::sd::pipeline::{Settings, StableDiffusion, StyleCondition};
+use burn_stylecode::sd::diffusers_weights;
+use burn_stylecode::sd::pipeline::{Settings, StableDiffusion};
 use burn_stylecode::sd::schedulers::SchedulerKind;
 use burn_stylecode::sd::unet_2d::{count_params, UNet2DConditionModel, UNetConfig};
-use burn_stylecode::style_control::{mid_grid, MixInit, StyleCodes, StyleControlConfig};
-use burn_stylecode::weights::loader::{diffusers_weights, load_unet, read_unet_config};
+use burn_stylecode::style::control::{MixInit, StyleControlConfig};
+use burn_stylecode::style::{StyleCodesModel, StyleCondition};
 use burn_stylecode::weights::safetensors::TensorFile;
+use burn_stylecode::weights::JsonConfig;
 use burn_stylecode::{Error, WeightsDir};
 use burn_stylecode_tests::*;
+use std::ops::ControlFlow;
 
 type B = TestBackend;
 
 fn unet_config() -> UNetConfig {
-    read_unet_config(&weights().sd15_dir().join("unet")).unwrap()
+    UNetConfig::from_file(&weights().sd15_dir().join("unet").join("config.json")).unwrap()
 }
 
 fn tiny_unet() -> UNet2DConditionModel<B> {
     let file = TensorFile::open(diffusers_weights(&weights().sd15_dir().join("unet")).unwrap()).unwrap();
-    load_unet(&unet_config(), &file, DType::F32, &device()).unwrap()
+    UNet2DConditionModel::load(&unet_config(), &file, DType::F32, &device()).unwrap()
 }
 
-fn load_codes(weights: &WeightsDir) -> Result<StyleCodes<B>, Error> {
-    StyleCodes::load(weights, &unet_config(), DType::F32, &device())
+fn load_codes(weights: &WeightsDir) -> Result<StyleCodesModel<B>, Error> {
+    StyleCodesModel::from_dir(&weights.stylecodes_dir(), &unet_config(), DType::F32, &device())
 }
 
 /// The fixed inputs of the one-step reference.
@@ -47,10 +50,15 @@ fn step_inputs(reference: &TensorFile) -> Step {
 }
 
 /// One styled denoising step, the style decoded at the mid-block grid.
-fn styled_step(codes: &StyleCodes<B>, unet: &UNet2DConditionModel<B>, step: &Step, scale: f64) -> Tensor<B, 4> {
+fn styled_step(codes: &StyleCodesModel<B>, unet: &UNet2DConditionModel<B>, step: &Step, scale: f64) -> Tensor<B, 4> {
     let [_, _, height, width] = step.sample.dims();
-    let features = codes.features(step.code_latents.clone(), mid_grid(unet, [height, width]));
+    let condition = condition(codes, step.code_latents.clone(), scale);
+    let features = condition.features(unet, [height, width]);
     codes.control.forward(unet, step.sample.clone(), step.timesteps.clone(), step.context.clone(), features, scale)
+}
+
+fn condition(codes: &StyleCodesModel<B>, latents: Tensor<B, 2>, scale: f64) -> StyleCondition<'_, B> {
+    StyleCondition { autoencoder: &codes.autoencoder, control: &codes.control, latents, scale }
 }
 
 fn plain_step(unet: &UNet2DConditionModel<B>, step: &Step) -> Tensor<B, 4> {
@@ -112,13 +120,16 @@ fn styled_ddim_loop_matches() {
     };
     let text = |key: &str| vec![json[key].as_str().unwrap().to_string()];
     let context = sd.text_context(&text("prompt"), &text("negative_prompt"), &settings).unwrap();
-    let style = StyleCondition { codes: &codes, latents: tensor(&reference, "loop_code_latents"), scale: json["scale"].as_f64().unwrap() };
-    let latents = sd.run(noise.clone(), &context, &settings, &mut [], Some(&style), |_, _| {}).unwrap();
+    let style = condition(&codes, tensor(&reference, "loop_code_latents"), json["scale"].as_f64().unwrap());
+    let predict = style.predictor(&sd.unet, [height, width], settings.guided());
+    let latents =
+        sd.denoise(noise.clone(), &context, &settings, &mut [], predict, |_, _| ControlFlow::Continue(())).unwrap();
     let expected: Tensor<B, 4> = tensor(&reference, "loop_latents");
     let error = assert_close("styled loop latents", latents, expected.clone());
     println!("styled 3-step DDIM loop: max relative error {error:e}");
     // Without the style the loop ends elsewhere.
-    let plain = sd.run(noise, &context, &settings, &mut [], None, |_, _| {}).unwrap();
+    let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
+    let plain = sd.denoise(noise, &context, &settings, &mut [], predict, |_, _| ControlFlow::Continue(())).unwrap();
     assert!(relative_error(plain, expected) > 0.05);
 }
 
@@ -135,8 +146,10 @@ fn full_size_control_has_the_official_parameter_counts() {
     assert_eq!(blocks, 607_833_920);
     // Mixing layers: Linear(n, n) has n·n + n parameters; 7 of n = 2560
     // (mid block and the 6 sub-blocks at 1280 channels), 3 of 1280, 3 of 640.
-    let widths: Vec<usize> =
-        std::iter::once(&control.middle_block_out).chain(&control.up_zero_convs_out).map(|mixer| mixer.linear.weight.dims()[0]).collect();
+    let widths: Vec<usize> = std::iter::once(&control.middle_block_out)
+        .chain(&control.up_zero_convs_out)
+        .map(|mixer| mixer.linear.weight.dims()[0])
+        .collect();
     assert_eq!(widths, [2560, 2560, 2560, 2560, 2560, 2560, 2560, 1280, 1280, 1280, 640, 640, 640]);
     let linear = |n: usize| n * n + n;
     let expected = 7 * linear(2560) + 3 * linear(1280) + 3 * linear(640);
@@ -177,16 +190,19 @@ fn wrong_control_shape_names_key_and_both_shapes() {
     assert!(text.contains(key) && text.contains("[16, 15]") && text.contains("[16, 16]"), "{text}");
 
     let key = "middle_block_out.bias";
-    let (_dir, copy) =
-        edited_weights(
-            |(name, shape, values)| if name == key { Some((name, vec![31], values[..31].to_vec())) } else { Some((name, shape, values)) },
-        );
+    let (_dir, copy) = edited_weights(|(name, shape, values)| {
+        if name == key {
+            Some((name, vec![31], values[..31].to_vec()))
+        } else {
+            Some((name, shape, values))
+        }
+    });
     let text = load_codes(&copy).unwrap_err().to_string();
     assert!(text.contains(key) && text.contains("[31]") && text.contains("[32]"), "{text}");
 }
 
 /// The loaded (random) control branch with fresh mixing layers.
-fn with_fresh_mixers(mix_init: MixInit) -> StyleCodes<B> {
+fn with_fresh_mixers(mix_init: MixInit) -> StyleCodesModel<B> {
     let mut codes = load_codes(&weights()).unwrap();
     let heads = weights().stylecodes_config().unwrap().control_attention_heads;
     let fresh = StyleControlConfig::from_base(&unet_config(), heads, mix_init).init::<B>(&device());

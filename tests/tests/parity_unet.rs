@@ -3,10 +3,12 @@
 
 use burn::prelude::*;
 use burn::tensor::DType;
+use burn_stylecode::sd::diffusers_weights;
 use burn_stylecode::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
 use burn_stylecode::sd::unet_2d_blocks::UpSubBlocks;
-use burn_stylecode::weights::loader::{diffusers_weights, load_unet, read_unet_config};
+use burn_stylecode::sd::unet_hook::Residuals;
 use burn_stylecode::weights::safetensors::TensorFile;
+use burn_stylecode::weights::JsonConfig;
 use burn_stylecode::Error;
 use burn_stylecode_tests::*;
 use std::path::{Path, PathBuf};
@@ -18,12 +20,12 @@ fn unet_dir() -> PathBuf {
 }
 
 fn load(config: &UNetConfig, path: &Path) -> Result<Unet, Error> {
-    load_unet(config, &TensorFile::open(path)?, DType::F32, &device())
+    UNet2DConditionModel::load(config, &TensorFile::open(path)?, DType::F32, &device())
 }
 
 fn tiny_unet() -> Unet {
     let dir = unet_dir();
-    load(&read_unet_config(&dir).unwrap(), &diffusers_weights(&dir).unwrap()).unwrap()
+    load(&UNetConfig::from_file(&dir.join("config.json")).unwrap(), &diffusers_weights(&dir).unwrap()).unwrap()
 }
 
 struct Inputs {
@@ -71,8 +73,8 @@ fn controlnet_residuals_match_diffusers() {
     let unet = tiny_unet();
     let down: Vec<Tensor<TestBackend, 4>> =
         (0..12).map(|i| tensor(&reference, &format!("down_residual_{i}"))).collect();
-    let noise =
-        unet.forward_with_residuals(x.sample, x.timesteps, x.context, &down, tensor(&reference, "mid_residual"));
+    let mut residuals = Residuals { down: &down, mid: tensor(&reference, "mid_residual") };
+    let noise = unet.forward_with_hook(x.sample, x.timesteps, &x.context, &mut residuals);
     report(
         "noise_with_residuals",
         assert_close("noise_with_residuals", noise, tensor(&reference, "noise_with_residuals")),
@@ -140,7 +142,7 @@ fn up_blocks_run_on_their_own() {
     assert_eq!(standalone.dims(), [2, 16, 2, 2]);
     assert!(standalone.equal(in_unet).all().into_scalar());
 
-    let config = read_unet_config(&unet_dir()).unwrap();
+    let config = UNetConfig::from_file(&unet_dir().join("config.json")).unwrap();
     let fresh_up = config.init_up_blocks::<TestBackend>(&device());
     let fresh_mid = config.init_mid_block::<TestBackend>(&device());
     assert_eq!(fresh_up.skip_channels(), c);
@@ -162,7 +164,7 @@ fn linear_projection_matches_diffusers() {
         Some((name, shape, values))
     };
     rewrite_safetensors(&src, &path, squeeze, vec![], safetensors::Dtype::F32);
-    let mut config = read_unet_config(&unet_dir()).unwrap();
+    let mut config = UNetConfig::from_file(&unet_dir().join("config.json")).unwrap();
     config.use_linear_projection = true;
     let unet = load(&config, &path).unwrap();
 
@@ -208,7 +210,7 @@ fn sd15_config_json_reads_as_the_defaults() {
     }"#;
     assert_eq!(UNetConfig::from_json(text).unwrap(), UNetConfig::sd15());
     assert_eq!(UNetConfig::from_json("{}").unwrap(), UNetConfig::default());
-    let tiny = read_unet_config(&unet_dir()).unwrap();
+    let tiny = UNetConfig::from_file(&unet_dir().join("config.json")).unwrap();
     assert_eq!((tiny.block_out_channels.clone(), tiny.attention_head_dim.get(0)), (vec![8, 16, 16, 16], 2));
 }
 
@@ -240,7 +242,7 @@ fn unsupported_config_values_are_named() {
     // Through the folder reader, the error names the file.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), r#"{"act_fn": "mish"}"#).unwrap();
-    let error = read_unet_config(dir.path()).unwrap_err().to_string();
+    let error = UNetConfig::from_file(&dir.path().join("config.json")).unwrap_err().to_string();
     assert!(error.contains("config.json") && error.contains("mish"), "{error}");
 }
 
@@ -253,7 +255,7 @@ fn rewritten(edit: impl FnMut(Entry) -> Option<Entry>, extra: Vec<Entry>) -> (te
 
 #[test]
 fn missing_wrong_and_extra_tensors_are_named() {
-    let config = read_unet_config(&unet_dir()).unwrap();
+    let config = UNetConfig::from_file(&unet_dir().join("config.json")).unwrap();
     let key = "up_blocks.1.attentions.2.transformer_blocks.0.ff.net.0.proj.weight";
     let (_dir, path) = rewritten(|e| (e.0 != key).then_some(e), vec![]);
     let error = load(&config, &path).unwrap_err();
@@ -289,7 +291,13 @@ fn gradients_flow_through_autodiff() {
     type Ad = burn::backend::Autodiff<TestBackend>;
     let dir = unet_dir();
     let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
-    let unet = load_unet::<Ad>(&read_unet_config(&dir).unwrap(), &file, DType::F32, &device()).unwrap();
+    let unet = UNet2DConditionModel::<Ad>::load(
+        &UNetConfig::from_file(&dir.join("config.json")).unwrap(),
+        &file,
+        DType::F32,
+        &device(),
+    )
+    .unwrap();
     let reference = reference("sd15_unet.safetensors");
     let on_ad = |key: &str| tensor::<4>(&reference, key).into_data();
     let sample = Tensor::<Ad, 4>::from_data(on_ad("sample_odd"), &device());

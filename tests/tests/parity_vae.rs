@@ -2,10 +2,11 @@
 //! `fixtures/make_sd_fixtures.py`).
 
 use burn::tensor::DType;
+use burn_stylecode::sd::diffusers_weights;
 use burn_stylecode::sd::unet_2d::count_params;
 use burn_stylecode::sd::vae::{AutoencoderKL, VaeConfig};
-use burn_stylecode::weights::loader::{diffusers_weights, load_vae, read_vae_config};
 use burn_stylecode::weights::safetensors::TensorFile;
+use burn_stylecode::weights::JsonConfig;
 use burn_stylecode::Error;
 use burn_stylecode_tests::*;
 use std::path::{Path, PathBuf};
@@ -17,8 +18,8 @@ fn vae_dir() -> PathBuf {
 }
 
 fn load(path: &Path) -> Result<Vae, Error> {
-    let config = read_vae_config(&vae_dir())?;
-    load_vae(&config, &TensorFile::open(path)?, DType::F32, &device())
+    let config = VaeConfig::from_file(&vae_dir().join("config.json"))?;
+    AutoencoderKL::load(&config, &TensorFile::open(path)?, DType::F32, &device())
 }
 
 fn tiny_vae() -> Vae {
@@ -68,7 +69,7 @@ fn old_attention_names_load() {
 
 #[test]
 fn scaling_factor_comes_from_the_config() {
-    let config = read_vae_config(&vae_dir()).unwrap();
+    let config = VaeConfig::from_file(&vae_dir().join("config.json")).unwrap();
     assert_eq!(config.scaling_factor, 0.18215);
     let vae = tiny_vae();
     assert_eq!(vae.scaling_factor(), 0.18215);

@@ -6,6 +6,7 @@ use burn::tensor::DType;
 use burn_stylecode::sd::pipeline::{Settings, StableDiffusion};
 use burn_stylecode::Error;
 use burn_stylecode_tests::*;
+use std::ops::ControlFlow;
 
 type Sd = StableDiffusion<TestBackend>;
 
@@ -31,7 +32,12 @@ fn whole_pipeline_matches_diffusers() {
     let [_, _, h, w] = noise.dims();
     assert_eq!([h, w], [settings.height / sd.vae_scale_factor(), settings.width / sd.vae_scale_factor()]);
     let mut steps = Vec::new();
-    let latents = sd.run(noise, &context, &settings, &mut [], None, |done, total| steps.push((done, total))).unwrap();
+    let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
+    let on_step = |done, total| {
+        steps.push((done, total));
+        ControlFlow::Continue(())
+    };
+    let latents = sd.denoise(noise, &context, &settings, &mut [], predict, on_step).unwrap();
     assert_eq!(steps, [(1, 3), (2, 3), (3, 3)]);
     let error = assert_close("latents", latents.clone(), tensor(&reference, "latents"));
     println!("latents: max relative error {error:e}");
@@ -44,9 +50,17 @@ fn whole_pipeline_matches_diffusers() {
 
     // And the 8-bit image: within one level of the rounded reference.
     let images = sd.decode(latents).unwrap();
-    assert_eq!((images.len(), images[0].width(), images[0].height()), (1, settings.width as u32, settings.height as u32));
+    assert_eq!(
+        (images.len(), images[0].width(), images[0].height()),
+        (1, settings.width as u32, settings.height as u32)
+    );
     let expected = expected.permute([0, 2, 3, 1]).into_data().into_vec::<f32>().unwrap();
-    let worst = images[0].as_raw().iter().zip(&expected).map(|(&a, &b)| (f32::from(a) - (b * 255.0).round()).abs()).fold(0f32, f32::max);
+    let worst = images[0]
+        .as_raw()
+        .iter()
+        .zip(&expected)
+        .map(|(&a, &b)| (f32::from(a) - (b * 255.0).round()).abs())
+        .fold(0f32, f32::max);
     assert!(worst <= 1.0, "8-bit image differs by {worst} levels");
 }
 
@@ -65,7 +79,8 @@ fn generate_is_deterministic_per_seed() {
     let sd = tiny_sd();
     let settings = small_settings();
     let (prompts, negatives) = prompts(2);
-    let generate = |seeds: &[u64]| sd.generate(&prompts, &negatives, seeds, &settings, None, |_, _| {}).unwrap();
+    let generate =
+        |seeds: &[u64]| sd.generate(&prompts, &negatives, seeds, &settings, |_, _| ControlFlow::Continue(())).unwrap();
     let first = generate(&[7, 8]);
     assert_eq!(first.len(), 2);
     assert_eq!((first[0].width(), first[0].height()), (16, 24));
@@ -75,16 +90,39 @@ fn generate_is_deterministic_per_seed() {
     assert_ne!(first[1], other[1], "another seed, another image");
 
     // The latents behind them are the VAE's size: 1/2 here, 1/8 in SD1.5.
-    let latents = sd.generate_latents(&prompts[..1], &negatives[..1], &[7], &settings, None, |_, _| {}).unwrap();
-    assert_eq!(latents.dims(), [1, 4, 12, 8]);
+    let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
+    let latents =
+        sd.generate_latents(&prompts[..1], &negatives[..1], &[7], &settings, predict, |_, _| ControlFlow::Continue(()));
+    assert_eq!(latents.unwrap().dims(), [1, 4, 12, 8]);
+}
+
+#[test]
+fn the_progress_callback_cancels_between_steps() {
+    let sd = tiny_sd();
+    let (prompts, negatives) = prompts(1);
+    let mut seen = Vec::new();
+    let result = sd.generate(&prompts, &negatives, &[1], &small_settings(), |step, steps| {
+        seen.push((step, steps));
+        if step == 2 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    assert!(matches!(result, Err(Error::Cancelled)), "{:?}", result.map(|images| images.len()));
+    assert_eq!(seen, [(1, small_settings().steps), (2, small_settings().steps)], "no step runs after the stop");
 }
 
 fn error_of(settings: &Settings, n_prompts: usize, n_negatives: usize, seeds: &[u64]) -> String {
     let sd = tiny_sd();
     let (prompts, negatives) = prompts(2);
-    match sd.generate(&prompts[..n_prompts], &negatives[..n_negatives], seeds, settings, None, |_, _| {}) {
-        Ok(_) => panic!("{settings:?} with {n_prompts} prompts, {n_negatives} negatives, {} seeds was accepted", seeds.len()),
-        Err(Error::Other(message)) => message,
+    match sd
+        .generate(&prompts[..n_prompts], &negatives[..n_negatives], seeds, settings, |_, _| ControlFlow::Continue(()))
+    {
+        Ok(_) => {
+            panic!("{settings:?} with {n_prompts} prompts, {n_negatives} negatives, {} seeds was accepted", seeds.len())
+        }
+        Err(Error::InvalidRequest(message)) => message,
         Err(other) => panic!("unexpected error kind: {other}"),
     }
 }

@@ -1,6 +1,6 @@
 //! Image loading and resizing against PIL, the reference of transformers' processor.
 
-use burn_stylecode::preprocess::{load_rgb, pixel_values, resize_bicubic};
+use burn_stylecode::siglip::preprocess::{load_rgb, pixel_values, resize_bicubic};
 use burn_stylecode_tests::*;
 
 /// The resize is Pillow's, bit for bit; JPEG decoding is not: the `image`
@@ -11,7 +11,8 @@ fn compare_to_pil(image: &str, reference: &str, max_levels: i32) {
     let expected = load_rgb(fixtures().join("reference").join(reference)).unwrap();
     let actual = resize_bicubic(&source, 224, 224);
     assert_eq!(actual.dimensions(), expected.dimensions());
-    let diffs: Vec<i32> = actual.as_raw().iter().zip(expected.as_raw()).map(|(&a, &b)| (i32::from(a) - i32::from(b)).abs()).collect();
+    let diffs: Vec<i32> =
+        actual.as_raw().iter().zip(expected.as_raw()).map(|(&a, &b)| (i32::from(a) - i32::from(b)).abs()).collect();
     let worst = *diffs.iter().max().unwrap();
     let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
     assert!(worst <= max_levels, "{image}: worst pixel differs by {worst}/255 from PIL (mean {mean:.4})");

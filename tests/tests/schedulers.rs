@@ -12,6 +12,7 @@
 use burn::prelude::*;
 use burn_stylecode::sd::schedulers::*;
 use burn_stylecode::weights::safetensors::TensorFile;
+use burn_stylecode::weights::JsonConfig;
 use burn_stylecode_tests::*;
 use serde_json::Value;
 
@@ -212,7 +213,7 @@ fn training_schedule_matches_torch() {
 fn add_noise_matches_diffusers() {
     let file = reference("schedulers.safetensors");
     let json = reference_json("schedulers.json");
-    let config = SchedulerConfig::load(sd15_config_path()).unwrap();
+    let config = SchedulerConfig::from_file(&sd15_config_path()).unwrap();
     let original: Tensor<TestBackend, 4> = tensor(&file, "add_noise.original");
     let noise: Tensor<TestBackend, 4> = tensor(&file, "add_noise.noise");
     for (name, case) in json["add_noise"].as_object().unwrap() {
@@ -234,7 +235,7 @@ fn add_noise_matches_diffusers() {
 
 #[test]
 fn sd15_config_reads_as_the_release_defaults() {
-    let config = SchedulerConfig::load(sd15_config_path()).unwrap();
+    let config = SchedulerConfig::from_file(&sd15_config_path()).unwrap();
     assert_eq!(config, SchedulerConfig::stable_diffusion_v1_5());
     assert_eq!(config.beta_schedule, BetaSchedule::ScaledLinear);
     assert_eq!((config.beta_start, config.beta_end, config.steps_offset), (0.00085, 0.012, 1));
@@ -329,14 +330,14 @@ fn unsupported_settings_are_errors_naming_them() {
 fn config_file_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.json");
-    let message = SchedulerConfig::load(&missing).unwrap_err().to_string();
+    let message = SchedulerConfig::from_file(&missing).unwrap_err().to_string();
     assert!(message.contains("missing.json"), "{message}");
     let broken = dir.path().join("scheduler_config.json");
     std::fs::write(&broken, "{\"beta_start\": 0.00085,").unwrap();
-    let message = SchedulerConfig::load(&broken).unwrap_err().to_string();
+    let message = SchedulerConfig::from_file(&broken).unwrap_err().to_string();
     assert!(message.contains("scheduler_config.json") && message.contains("JSON"), "{message}");
     std::fs::write(&broken, r#"{"beta_schedule": "scaled_linear", "beta_start": -1.0}"#).unwrap();
-    let message = SchedulerConfig::load(&broken).unwrap_err().to_string();
+    let message = SchedulerConfig::from_file(&broken).unwrap_err().to_string();
     assert!(message.contains("scheduler_config.json") && message.contains("beta_start"), "{message}");
 }
 

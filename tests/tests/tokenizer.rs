@@ -16,11 +16,9 @@ use std::path::Path;
 fn byte_symbols() -> Vec<char> {
     let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
     let mut symbols: Vec<char> = (0..256).filter(|&b| printable(b)).map(|b| char::from_u32(b).unwrap()).collect();
-    let mut next = 256;
-    for _ in (0..256).filter(|&b| !printable(b)) {
-        symbols.push(char::from_u32(next).unwrap());
-        next += 1;
-    }
+    // The unprintable bytes get the code points from 256 on, in order.
+    let unprintable = (0..256).filter(|&b| !printable(b)).count() as u32;
+    symbols.extend((256..256 + unprintable).map(|c| char::from_u32(c).unwrap()));
     symbols
 }
 
@@ -87,7 +85,10 @@ fn real_vocabulary_matches_transformers() {
 fn tiny_vocabulary_matches_transformers() {
     let tokenizer = ClipTokenizer::from_dir(tiny_dir()).unwrap();
     let vocab_size = reference_json("clip_tokenizer.json")["tiny"]["vocab_size"].as_u64().unwrap() as u32;
-    assert_eq!((tokenizer.bos_id(), tokenizer.eos_id(), tokenizer.pad_id()), (vocab_size - 2, vocab_size - 1, vocab_size - 1));
+    assert_eq!(
+        (tokenizer.bos_id(), tokenizer.eos_id(), tokenizer.pad_id()),
+        (vocab_size - 2, vocab_size - 1, vocab_size - 1)
+    );
     assert_ids(&tokenizer, &expected("tiny"));
 }
 

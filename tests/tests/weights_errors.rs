@@ -2,9 +2,10 @@
 
 use burn::module::Module;
 use burn::tensor::DType;
-use burn_stylecode::weights::loader::{load_autoencoder, load_siglip};
+use burn_stylecode::siglip::SiglipVisionTransformer;
+use burn_stylecode::style::autoencoder::AttentionAutoencoder;
 use burn_stylecode::weights::safetensors::TensorFile;
-use burn_stylecode::{Error, StyleEncoder};
+use burn_stylecode::{Error, StyleCodes};
 use burn_stylecode_tests::*;
 use safetensors::Dtype;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ fn stylecodes_file() -> PathBuf {
 
 fn load_ae(path: &std::path::Path) -> Result<(), Error> {
     let config = weights().stylecodes_config().unwrap().autoencoder;
-    load_autoencoder::<TestBackend>(&config, &TensorFile::open(path)?, DType::F32, &device()).map(|_| ())
+    AttentionAutoencoder::<TestBackend>::load(&config, &TensorFile::open(path)?, DType::F32, &device()).map(|_| ())
 }
 
 fn rewritten(edit: impl FnMut(Entry) -> Option<Entry>, extra: Vec<Entry>) -> (tempfile::TempDir, PathBuf) {
@@ -29,7 +30,10 @@ fn rewritten(edit: impl FnMut(Entry) -> Option<Entry>, extra: Vec<Entry>) -> (te
 fn missing_tensor_is_named() {
     let (_dir, path) = rewritten(|e| (e.0 != "sref_autoencoder.latent_proj.bias").then_some(e), vec![]);
     let error = load_ae(&path).unwrap_err();
-    assert!(matches!(&error, Error::MissingTensor { key, .. } if key == "sref_autoencoder.latent_proj.bias"), "{error}");
+    assert!(
+        matches!(&error, Error::MissingTensor { key, .. } if key == "sref_autoencoder.latent_proj.bias"),
+        "{error}"
+    );
     assert!(error.to_string().contains("stylecodes.safetensors"), "{error}");
 }
 
@@ -47,7 +51,10 @@ fn wrong_shape_names_key_and_both_shapes() {
     );
     let error = load_ae(&path).unwrap_err();
     let text = error.to_string();
-    assert!(text.contains("sref_autoencoder.input_proj.weight") && text.contains("[32, 31]") && text.contains("[32, 32]"), "{text}");
+    assert!(
+        text.contains("sref_autoencoder.input_proj.weight") && text.contains("[32, 31]") && text.contains("[32, 32]"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -63,7 +70,10 @@ fn packed_attention_with_wrong_shape_is_named() {
         vec![],
     );
     let text = load_ae(&path).unwrap_err().to_string();
-    assert!(text.contains("attention_layers.1.in_proj_weight") && text.contains("[64, 32]") && text.contains("[96, 32]"), "{text}");
+    assert!(
+        text.contains("attention_layers.1.in_proj_weight") && text.contains("[64, 32]") && text.contains("[96, 32]"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -71,7 +81,10 @@ fn unexpected_tensor_under_the_prefix_is_an_error() {
     let extra = vec![("sref_autoencoder.extra_layer.weight".to_string(), vec![2], vec![0.0, 1.0])];
     let (_dir, path) = rewritten(Some, extra);
     let error = load_ae(&path).unwrap_err();
-    assert!(matches!(&error, Error::UnexpectedTensors { keys, .. } if keys == &["sref_autoencoder.extra_layer.weight"]), "{error}");
+    assert!(
+        matches!(&error, Error::UnexpectedTensors { keys, .. } if keys == &["sref_autoencoder.extra_layer.weight"]),
+        "{error}"
+    );
 }
 
 #[test]
@@ -106,9 +119,17 @@ fn positional_buffer_is_checked() {
 fn controlnet_prefix_and_f16_storage_load() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stylecodes.safetensors");
-    rewrite_safetensors(&stylecodes_file(), &path, |(n, s, v)| Some((format!("controlnet.{n}"), s, v)), vec![], Dtype::F16);
+    rewrite_safetensors(
+        &stylecodes_file(),
+        &path,
+        |(n, s, v)| Some((format!("controlnet.{n}"), s, v)),
+        vec![],
+        Dtype::F16,
+    );
     let config = weights().stylecodes_config().unwrap().autoencoder;
-    let model = load_autoencoder::<TestBackend>(&config, &TensorFile::open(&path).unwrap(), DType::F32, &device()).unwrap();
+    let model =
+        AttentionAutoencoder::<TestBackend>::load(&config, &TensorFile::open(&path).unwrap(), DType::F32, &device())
+            .unwrap();
     let reference = reference("autoencoder.safetensors");
     let latent = model.encode(tensor(&reference, "src"));
     // f16 weights: parity within f16 precision only.
@@ -122,11 +143,23 @@ fn unprefixed_siglip_file_loads_like_transformers_5_saves_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     let src = weights().siglip_weights().unwrap();
-    rewrite_safetensors(&src, &path, |(n, s, v)| n.strip_prefix("vision_model.").map(|rest| (rest.to_string(), s, v)), vec![], Dtype::F32);
+    rewrite_safetensors(
+        &src,
+        &path,
+        |(n, s, v)| n.strip_prefix("vision_model.").map(|rest| (rest.to_string(), s, v)),
+        vec![],
+        Dtype::F32,
+    );
     let config = weights().siglip_config().unwrap();
-    let model = load_siglip::<TestBackend>(&config, &TensorFile::open(&path).unwrap(), DType::F32, &device()).unwrap();
+    let model =
+        SiglipVisionTransformer::<TestBackend>::load(&config, &TensorFile::open(&path).unwrap(), DType::F32, &device())
+            .unwrap();
     let reference = reference("siglip.safetensors");
-    assert_close("penultimate", model.penultimate(tensor(&reference, "pixel_values")), tensor(&reference, "penultimate"));
+    assert_close(
+        "penultimate",
+        model.penultimate(tensor(&reference, "pixel_values")),
+        tensor(&reference, "penultimate"),
+    );
     assert!(model.num_params() > 0);
 }
 
@@ -152,11 +185,13 @@ fn truncated_and_foreign_files_are_rejected_by_name() {
 fn missing_weights_folder_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let weights = burn_stylecode::WeightsDir::new(dir.path());
-    let error = StyleEncoder::<TestBackend>::load(&weights, DType::F32, &device()).unwrap_err().to_string();
+    let error =
+        StyleCodes::<TestBackend>::new(weights.clone(), DType::F32, device()).encoder().err().unwrap().to_string();
     assert!(error.contains("config.json"), "{error}");
 
     let (_copy, weights) = weights_copy();
     std::fs::remove_file(weights.stylecodes_weights().unwrap()).unwrap();
-    let error = StyleEncoder::<TestBackend>::load(&weights, DType::F32, &device()).unwrap_err().to_string();
+    let error =
+        StyleCodes::<TestBackend>::new(weights.clone(), DType::F32, device()).encoder().err().unwrap().to_string();
     assert!(error.contains("import-weights"), "{error}");
 }

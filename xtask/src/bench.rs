@@ -12,9 +12,11 @@ use anyhow::{Context, Result};
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::DType;
+use burn_stylecode::import::{expected, sd15_from_single_file, ImportOptions, Sd15Configs, WeightDtype};
 use burn_stylecode::sd::pipeline::StableDiffusion;
-use burn_stylecode::import::{expected, sd15_from_single_file, ClipTextConfig, ImportOptions, Sd15Configs, UnetConfig, VaeConfig, WeightDtype};
+use burn_stylecode::sd::{clip::ClipTextConfig, unet_2d::UNetConfig, vae::VaeConfig};
 use burn_stylecode::weights::safetensors::TensorFile;
+use burn_stylecode::weights::JsonConfig;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -53,7 +55,10 @@ fn write_random_checkpoint(path: &Path, tensors: &[(String, Vec<usize>)]) -> Res
     let mut offset = 0usize;
     for (name, shape) in tensors {
         let len = shape.iter().product::<usize>() * 2;
-        header.insert(name.clone(), serde_json::json!({ "dtype": "F16", "shape": shape, "data_offsets": [offset, offset + len] }));
+        header.insert(
+            name.clone(),
+            serde_json::json!({ "dtype": "F16", "shape": shape, "data_offsets": [offset, offset + len] }),
+        );
         offset += len;
     }
     let mut text = serde_json::Value::Object(header).to_string();
@@ -94,11 +99,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let root = base.path().to_path_buf();
     let configs = Sd15Configs::standard();
-    let unet: UnetConfig = serde_json::from_str(&configs.unet)?;
-    let vae: VaeConfig = serde_json::from_str(&configs.vae)?;
-    let clip: ClipTextConfig = serde_json::from_str(&configs.text_encoder)?;
-    let tensors: Vec<(String, Vec<usize>)> =
-        expected::ldm_single_file(&unet, &vae, &clip).map_err(|e| anyhow::anyhow!("{e}"))?.into_iter().map(|(ldm, _, shape)| (ldm, shape)).collect();
+    let config_error = |what: &str, e: String| anyhow::anyhow!("the built-in SD1.5 {what}: {e}");
+    let unet = UNetConfig::from_json(&configs.unet).map_err(|e| config_error("unet/config.json", e))?;
+    let vae = VaeConfig::from_json(&configs.vae).map_err(|e| config_error("vae/config.json", e))?;
+    let clip =
+        ClipTextConfig::from_json(&configs.text_encoder).map_err(|e| config_error("text_encoder/config.json", e))?;
+    let tensors: Vec<(String, Vec<usize>)> = expected::ldm_single_file(&unet, &vae, &clip)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .into_iter()
+        .map(|t| (t.ldm, t.shape))
+        .collect();
 
     // A stand-in tokenizer: the import copies it; the start-up load builds it.
     let tokenizer = root.join("tokenizer");
@@ -111,7 +121,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let start = Instant::now();
     let size = write_random_checkpoint(&checkpoint, &tensors).context("writing the random checkpoint")?;
     let generate = seconds(start);
-    println!("random SD1.5 single file: {} tensors, {:.2} GB (f16), written in {generate:.1} s", tensors.len(), size as f64 / 1e9);
+    println!(
+        "random SD1.5 single file: {} tensors, {:.2} GB (f16), written in {generate:.1} s",
+        tensors.len(),
+        size as f64 / 1e9
+    );
 
     let out = root.join("weights");
     let options = ImportOptions::new(args.dtype);
@@ -120,7 +134,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let import = seconds(start);
     let written: u64 = report.manifest.files.iter().map(|f| f.bytes).sum();
     println!(
-        "import ({} out): {import:.1} s for {:.2} GB in, {:.2} GB out ({:.0} MB/s of input; includes sha256 of the source and of every output)",
+        "import ({} out): {import:.1} s for {:.2} GB in, {:.2} GB out \
+         ({:.0} MB/s of input; includes sha256 of the source and of every output)",
         args.dtype.name(),
         size as f64 / 1e9,
         written as f64 / 1e9,
@@ -132,7 +147,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     anyhow::ensure!(again.skipped, "the rerun should have skipped");
     println!("rerun (complete and verified, skipped): {:.1} s", seconds(start));
 
-    let files = ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"];
+    let files = [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ];
     let start = Instant::now();
     let mut count = 0;
     let mut opened = Vec::new();
@@ -180,7 +199,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         times.sort_by(f64::total_cmp);
         println!(
-            "start-up: StableDiffusion::load on burn-flex as {name} from {} files (tokenizer, CLIP, UNet, VAE): median {:.3} s, best {:.3} s of {}",
+            "start-up: StableDiffusion::load on burn-flex as {name} from {} files (tokenizer, CLIP, UNet, VAE): \
+             median {:.3} s, best {:.3} s of {}",
             args.dtype.name(),
             times[times.len() / 2],
             times[0],

@@ -21,8 +21,10 @@ pub struct HubEnv {
 
 impl HubEnv {
     pub fn from_env(offline_flag: bool) -> Self {
-        let offline_env = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
-        let endpoint = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()).unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+        let offline_env = std::env::var("HF_HUB_OFFLINE")
+            .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
+        let endpoint =
+            std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()).unwrap_or_else(|| DEFAULT_ENDPOINT.into());
         Self { cache: Cache::from_env(), endpoint, offline: offline_flag || offline_env }
     }
 

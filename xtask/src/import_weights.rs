@@ -9,9 +9,11 @@
 use crate::hub::HubEnv;
 use anyhow::{bail, Context, Result};
 use burn_stylecode::import::{
-    sd15_from_diffusers_dir, sd15_from_single_file, siglip_from_dir, stylecodes_from_bin, ImportOptions, ImportReport, Manifest, Sd15Configs,
-    StylecodesSpec, WeightDtype,
+    sd15_from_diffusers_dir, sd15_from_single_file, siglip_from_dir, stylecodes_from_bin, ImportOptions, ImportReport,
+    Manifest, Sd15Configs, StylecodesSpec, WeightDtype,
 };
+use burn_stylecode::style::StylecodesConfig;
+use burn_stylecode::weights::JsonConfig;
 use burn_stylecode::WeightsDir;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,7 +24,12 @@ pub const DEFAULT_SIGLIP: &str = "google/siglip-base-patch16-224";
 pub const DEFAULT_STYLECODES: &str = "CiaraRowles/stylecodes";
 /// The official checkpoint's file in its hub repo.
 pub const STYLECODES_FILE: &str = "stylecodes_sd15_v1.bin";
-const TOKENIZER_FILES: [&str; 4] = ["tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json"];
+const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+];
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ImportArgs {
@@ -94,7 +101,11 @@ pub fn classify(arg: &str) -> Result<Source> {
     if path.exists() {
         return Ok(Source::Local(path.to_path_buf()));
     }
-    let is_id = |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !part.starts_with('.');
+    let is_id = |part: &str| {
+        !part.is_empty()
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && !part.starts_with('.')
+    };
     match arg.split_once('/') {
         Some((owner, name)) if is_id(owner) && is_id(name) => Ok(Source::Hub(arg.to_string())),
         _ => bail!("`{arg}` is neither an existing file or folder nor a HuggingFace hub id (owner/name)"),
@@ -120,17 +131,26 @@ struct HubFile {
 fn hub_files_for(model: Model, repo: &str, dtype: WeightDtype) -> Vec<HubFile> {
     let plain = |file: &str| HubFile { repo: repo.into(), file: file.into(), fallback: None };
     let weights = |stem: &str| match dtype {
-        WeightDtype::F16 => HubFile { repo: repo.into(), file: format!("{stem}.fp16.safetensors"), fallback: Some(format!("{stem}.safetensors")) },
+        WeightDtype::F16 => HubFile {
+            repo: repo.into(),
+            file: format!("{stem}.fp16.safetensors"),
+            fallback: Some(format!("{stem}.safetensors")),
+        },
         WeightDtype::F32 => plain(&format!("{stem}.safetensors")),
     };
     match model {
         Model::Stylecodes => vec![plain(STYLECODES_FILE)],
         Model::Siglip => ["config.json", "model.safetensors", "preprocessor_config.json"].map(plain).to_vec(),
         Model::Sd15 => {
-            let mut files: Vec<HubFile> =
-                ["model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json"]
-                    .map(plain)
-                    .to_vec();
+            let mut files: Vec<HubFile> = [
+                "model_index.json",
+                "unet/config.json",
+                "vae/config.json",
+                "text_encoder/config.json",
+                "scheduler/scheduler_config.json",
+            ]
+            .map(plain)
+            .to_vec();
             files.extend(TOKENIZER_FILES.map(plain));
             files.push(weights("unet/diffusion_pytorch_model"));
             files.push(weights("vae/diffusion_pytorch_model"));
@@ -144,7 +164,9 @@ fn hub_files_for(model: Model, repo: &str, dtype: WeightDtype) -> Vec<HubFile> {
 fn imported_from(out: &Path, model: Model, origin: &str, dtype: WeightDtype) -> bool {
     let dir = out.join(model.name());
     Manifest::read(&dir).is_ok_and(|m| {
-        m.dtype == dtype.name() && m.sources.first().and_then(|s| s.origin.as_deref()) == Some(origin) && m.verify(&dir).is_ok()
+        m.dtype == dtype.name()
+            && m.sources.first().and_then(|s| s.origin.as_deref()) == Some(origin)
+            && m.verify(&dir).is_ok()
     })
 }
 
@@ -170,13 +192,20 @@ pub fn run(args: &ImportArgs, hub: &HubEnv) -> Result<()> {
         let mut hub_files = Vec::new();
         match &source {
             Source::Hub(repo) if !args.force && imported_from(&out, model, &origin(repo), args.dtype) => {
-                println!("{}: already imported from {} ({}), verified: skipped", model.name(), origin(repo), args.dtype.name());
+                println!(
+                    "{}: already imported from {} ({}), verified: skipped",
+                    model.name(),
+                    origin(repo),
+                    args.dtype.name()
+                );
                 continue;
             }
             Source::Hub(repo) => hub_files = hub_files_for(model, repo, args.dtype),
             Source::Local(path) if model == Model::Sd15 && path.is_file() && args.sd15_configs.is_none() => {
                 // A single file carries no tokenizer: take SD1.5's from the hub.
-                hub_files = TOKENIZER_FILES.map(|f| HubFile { repo: DEFAULT_SD15.into(), file: f.into(), fallback: None }).to_vec();
+                hub_files = TOKENIZER_FILES
+                    .map(|f| HubFile { repo: DEFAULT_SD15.into(), file: f.into(), fallback: None })
+                    .to_vec();
             }
             Source::Local(_) => {}
         }
@@ -187,7 +216,10 @@ pub fn run(args: &ImportArgs, hub: &HubEnv) -> Result<()> {
     let missing: Vec<(Model, HubFile)> = jobs
         .iter()
         .flat_map(|job| job.hub_files.iter().map(move |f| (job.model, f.clone())))
-        .filter(|(_, f)| hub.cached(&f.repo, &f.file).is_none() && f.fallback.as_ref().is_none_or(|fb| hub.cached(&f.repo, fb).is_none()))
+        .filter(|(_, f)| {
+            hub.cached(&f.repo, &f.file).is_none()
+                && f.fallback.as_ref().is_none_or(|fb| hub.cached(&f.repo, fb).is_none())
+        })
         .collect();
     if !missing.is_empty() {
         if let Some(reason) = hub.unreachable() {
@@ -211,7 +243,8 @@ pub fn run(args: &ImportArgs, hub: &HubEnv) -> Result<()> {
             };
             fetched.insert(file.file.clone(), path);
         }
-        let report = import_one(&job, &fetched, args, &out).with_context(|| format!("importing {}", job.model.name()))?;
+        let report =
+            import_one(&job, &fetched, args, &out).with_context(|| format!("importing {}", job.model.name()))?;
         print_report(job.model, &report);
     }
     Ok(())
@@ -238,11 +271,8 @@ fn import_one(job: &Job, fetched: &BTreeMap<String, PathBuf>, args: &ImportArgs,
             };
             let spec = match &args.stylecodes_config {
                 Some(config) => {
-                    let text = std::fs::read_to_string(config).with_context(|| config.display().to_string())?;
-                    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| config.display().to_string())?;
-                    let version = value["version"].as_str().and_then(|v| v.chars().next()).unwrap_or('1');
-                    let autoencoder = serde_json::from_value(value["autoencoder"].clone()).with_context(|| config.display().to_string())?;
-                    StylecodesSpec::autoencoder_only(version, autoencoder)
+                    let config = StylecodesConfig::from_file(config)?;
+                    StylecodesSpec::autoencoder_only(config.version, config.autoencoder)
                 }
                 None => StylecodesSpec::official(),
             };
@@ -254,11 +284,15 @@ fn import_one(job: &Job, fetched: &BTreeMap<String, PathBuf>, args: &ImportArgs,
         (Model::Sd15, Source::Local(path)) => {
             let configs = match &args.sd15_configs {
                 Some(dir) => Sd15Configs::from_diffusers_dir(dir)?,
-                None => Sd15Configs::standard().with_tokenizer(snapshot_dir(fetched, TOKENIZER_FILES[0])?.join("tokenizer")),
+                None => {
+                    Sd15Configs::standard().with_tokenizer(snapshot_dir(fetched, TOKENIZER_FILES[0])?.join("tokenizer"))
+                }
             };
             sd15_from_single_file(path, out, &configs, &options)?
         }
-        (Model::Sd15, Source::Hub(_)) => sd15_from_diffusers_dir(&snapshot_dir(fetched, "model_index.json")?, out, &options)?,
+        (Model::Sd15, Source::Hub(_)) => {
+            sd15_from_diffusers_dir(&snapshot_dir(fetched, "model_index.json")?, out, &options)?
+        }
     })
 }
 
@@ -280,7 +314,11 @@ fn print_report(model: Model, report: &ImportReport) {
         println!("  {} tensor(s) copied without a shape check (no table covers them)", m.unchecked.len());
     }
     if !m.leftover.is_empty() {
-        println!("  {} leftover tensor(s) not used by any model (listed in manifest.json): {}", m.leftover.len(), summarise(&m.leftover));
+        println!(
+            "  {} leftover tensor(s) not used by any model (listed in manifest.json): {}",
+            m.leftover.len(),
+            summarise(&m.leftover)
+        );
     }
 }
 
@@ -292,7 +330,15 @@ fn summarise(keys: &[String]) -> String {
     }
     groups
         .into_iter()
-        .map(|(group, members)| if members.len() == 1 { members[0].clone() } else { format!("{group}.* ({})", members.len()) })
+        .map(
+            |(group, members)| {
+                if members.len() == 1 {
+                    members[0].clone()
+                } else {
+                    format!("{group}.* ({})", members.len())
+                }
+            },
+        )
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -313,13 +359,19 @@ fn offline_message(reason: &str, missing: &[(Model, HubFile)], out: &Path, hub: 
         let repo = &files[0].repo;
         let folder = repo.rsplit('/').next().unwrap_or(repo);
         let hint = match model {
-            Model::Stylecodes => format!("cargo xtask import-weights --only stylecodes --stylecodes /path/to/{STYLECODES_FILE}"),
-            Model::Siglip => format!("cargo xtask import-weights --only siglip --siglip /path/to/{folder}   (the files above in one folder)"),
+            Model::Stylecodes => {
+                format!("cargo xtask import-weights --only stylecodes --stylecodes /path/to/{STYLECODES_FILE}")
+            }
+            Model::Siglip => format!(
+                "cargo xtask import-weights --only siglip --siglip /path/to/{folder}   (the files above in one folder)"
+            ),
             Model::Sd15 if files.iter().all(|f| f.file.starts_with("tokenizer/")) => format!(
-                "cargo xtask import-weights --only sd15 --sd15 FILE --sd15-configs /path/to/{folder}   (a diffusers folder with tokenizer/ and the configs)"
+                "cargo xtask import-weights --only sd15 --sd15 FILE --sd15-configs /path/to/{folder}   \
+                 (a diffusers folder with tokenizer/ and the configs)"
             ),
             Model::Sd15 => format!(
-                "cargo xtask import-weights --only sd15 --sd15 /path/to/{folder}   (keep the repo's layout: unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
+                "cargo xtask import-weights --only sd15 --sd15 /path/to/{folder}   \
+                 (keep the repo's layout: unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
             ),
         };
         let _ = writeln!(text, "  then: {hint}");
@@ -354,7 +406,11 @@ mod tests {
     }
 
     fn offline_hub(cache: &Path) -> HubEnv {
-        HubEnv { cache: hf_hub::Cache::new(cache.to_path_buf()), endpoint: crate::hub::DEFAULT_ENDPOINT.into(), offline: true }
+        HubEnv {
+            cache: hf_hub::Cache::new(cache.to_path_buf()),
+            endpoint: crate::hub::DEFAULT_ENDPOINT.into(),
+            offline: true,
+        }
     }
 
     #[test]
@@ -387,7 +443,10 @@ mod tests {
         for needed in [
             "https://huggingface.co/CiaraRowles/stylecodes/resolve/main/stylecodes_sd15_v1.bin",
             "https://huggingface.co/google/siglip-base-patch16-224/resolve/main/model.safetensors",
-            "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/unet/diffusion_pytorch_model.safetensors",
+            concat!(
+                "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/",
+                "unet/diffusion_pytorch_model.safetensors"
+            ),
             "--stylecodes /path/to/stylecodes_sd15_v1.bin",
             "--sd15 /path/to/stable-diffusion-v1-5",
             out.path().to_str().unwrap(),

@@ -8,7 +8,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Project chores: weight import, benchmarks, fixtures", arg_required_else_help = true)]
+#[command(
+    name = "cargo xtask",
+    about = "Project chores: weight import, benchmarks, fixtures",
+    arg_required_else_help = true
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -38,7 +42,8 @@ fn run(task: Task) -> Result<()> {
         Task::Fixtures => {
             println!(
                 "The parity fixtures are made with PyTorch, by hand, outside CI:\n\
-                 python3 -m venv /somewhere/outside/the/repo && /somewhere/.../bin/pip install torch transformers diffusers safetensors pillow numpy\n\
+                 python3 -m venv /somewhere/outside/the/repo && \
+                 /somewhere/.../bin/pip install torch transformers diffusers safetensors pillow numpy\n\
                  /somewhere/.../bin/python tests/fixtures/make_fixtures.py\n\
                  /somewhere/.../bin/python tests/fixtures/make_import_fixtures.py"
             );

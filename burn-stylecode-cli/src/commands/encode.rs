@@ -2,10 +2,8 @@ use crate::backend::{dispatch, Job};
 use crate::ModelArgs;
 use anyhow::Result;
 use burn::prelude::Backend;
-use burn::tensor::DType;
-use burn_stylecode::png_text::read_png_text;
-use burn_stylecode::preprocess::load_rgb;
-use burn_stylecode::{CodeFormat, EncodedStyle, StyleEncoder, WeightsDir};
+use burn_stylecode::siglip::preprocess::load_rgb;
+use burn_stylecode::{read_png_text, CodeFormat, EncodedStyle};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,8 +37,9 @@ impl Job for EncodeJob {
 
     fn run<B: Backend>(self, device: B::Device) -> Result<ExitCode> {
         let args = self.0;
-        let weights = WeightsDir::resolve(args.model.weights.clone());
-        let encoder = StyleEncoder::<B>::load(&weights, DType::F32, &device)?;
+        // f32 on every backend: codes are 6-bit roundings of the latent, and
+        // must be the same wherever they are made.
+        let styles = args.model.style_codes::<B>(Some("f32"), device);
 
         // Unreadable files are reported and skipped; the rest still get codes.
         let mut failed = false;
@@ -56,7 +55,7 @@ impl Job for EncodeJob {
         }
         for batch in readable.chunks(args.batch_size as usize) {
             let images: Vec<_> = batch.iter().map(|(_, image)| image.clone()).collect();
-            for ((path, _), style) in batch.iter().zip(encoder.encode(&images)?) {
+            for ((path, _), style) in batch.iter().zip(styles.encode(&images)?) {
                 println!("{}", line(path, &style, stored_code(path).as_deref(), args.format, args.json));
             }
         }
@@ -73,7 +72,8 @@ fn stored_code(path: &std::path::Path) -> Option<String> {
 fn line(path: &std::path::Path, style: &EncodedStyle, stored: Option<&str>, format: CodeFormat, json: bool) -> String {
     let code = style.code.format(format);
     if json {
-        let mut object = serde_json::json!({ "path": path.display().to_string(), "code": code, "latent": style.latent });
+        let mut object =
+            serde_json::json!({ "path": path.display().to_string(), "code": code, "latent": style.latent });
         if let Some(stored) = stored {
             object["stored_code"] = stored.into();
         }

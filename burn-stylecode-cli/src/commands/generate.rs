@@ -1,17 +1,12 @@
 use crate::backend::{dispatch, Job};
 use crate::ModelArgs;
-use anyhow::{bail, Context, Result};
-use burn::prelude::{Backend, Tensor};
-use burn::tensor::DType;
-use burn_stylecode::png_text::write_png;
-use burn_stylecode::code::blend;
-use burn_stylecode::preprocess::load_rgb;
-use burn_stylecode::sd::pipeline::{Settings, StableDiffusion, StyleCondition};
-use burn_stylecode::style_control::StyleCodes;
-use burn_stylecode::{StyleCode, StyleEncoder, WeightedCode};
+use anyhow::{bail, Result};
+use burn::prelude::Backend;
 use burn_stylecode::sd::schedulers::SchedulerKind;
-use burn_stylecode::WeightsDir;
+use burn_stylecode::siglip::preprocess::load_rgb;
+use burn_stylecode::{write_png, GenerateRequest, GenerateSettings, ImageSpec, Style, WeightedCode};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -102,18 +97,16 @@ impl Job for GenerateJob {
 
     fn run<B: Backend>(self, device: B::Device) -> Result<ExitCode> {
         let args = self.0;
-        let styled = !args.style.is_empty() || args.style_image.is_some();
-        let settings = Settings {
+        let settings = GenerateSettings {
             steps: args.steps,
-            guidance_scale: args.cfg.unwrap_or(if styled { 3.0 } else { 7.5 }),
+            guidance_scale: args.cfg,
             scheduler: args.scheduler,
-            karras: args.karras.then_some(true),
+            karras: args.karras,
             width: args.width,
             height: args.height,
+            style_scale: args.style_scale,
         };
-        if args.karras && !args.scheduler.supports_karras() {
-            bail!("--karras does not apply to the {} scheduler", args.scheduler);
-        }
+        settings.validate()?;
         // Check every target before any work, so nothing is lost or half done.
         let outputs = output_paths(&args.out, args.num);
         if !args.overwrite {
@@ -121,83 +114,46 @@ impl Job for GenerateJob {
                 bail!("{} exists (pass --overwrite to replace it)", existing.display());
             }
         }
-        let dtype = match args.dtype.as_deref() {
-            Some("f16") => DType::F16,
-            Some(_) => DType::F32,
-            None if args.model.backend == crate::backend::BackendKind::Cpu => DType::F32,
-            None => DType::F16,
+        let mut styles = args.model.style_codes::<B>(args.dtype.as_deref(), device);
+        if let Some(base) = &args.base {
+            styles = styles.with_sd15_dir(base.clone());
+        }
+        let style = if let Some(path) = &args.style_image {
+            let encoded = styles.encode(&[load_rgb(path)?])?.remove(0);
+            println!("style code: {}", encoded.code);
+            if args.exact_style {
+                Style::Latent(encoded.latent)
+            } else {
+                Style::Codes(vec![encoded.code.into()])
+            }
+        } else if args.style.is_empty() {
+            Style::None
+        } else {
+            Style::Codes(args.style.clone())
         };
-        let weights = WeightsDir::resolve(args.model.weights.clone());
-        let base = args.base.clone().unwrap_or_else(|| weights.sd15_dir());
-        let sd = StableDiffusion::<B>::load(&base, dtype, &device).with_context(|| format!("loading SD1.5 from {}", base.display()))?;
-        let style = match styled {
-            true => Some(load_style::<B>(&args, &weights, &base, dtype, &device)?),
-            false => None,
+        let first = ImageSpec {
+            prompt: args.prompt.clone(),
+            negative: args.negative.clone(),
+            seed: args.seed.unwrap_or_else(rand::random),
+            style,
         };
+        let request = GenerateRequest::repeated(first, outputs.len(), settings);
 
-        let first_seed = args.seed.unwrap_or_else(rand::random);
-        let progress = progress_bar(args.quiet, u64::from(args.num) * args.steps as u64);
-        let mut index = 0usize;
-        for batch in outputs.chunks(args.batch_size as usize) {
-            let seeds: Vec<u64> = (0..batch.len()).map(|k| first_seed.wrapping_add((index + k) as u64)).collect();
-            let prompts = vec![args.prompt.clone(); batch.len()];
-            let negatives = vec![args.negative.clone(); batch.len()];
-            let condition = style.as_ref().map(|(codes, latent, _)| StyleCondition {
-                codes,
-                latents: Tensor::<B, 1>::from_floats(latent.as_slice(), &device).unsqueeze::<2>().repeat_dim(0, batch.len()),
-                scale: args.style_scale,
-            });
-            let step = |_, _| progress.inc(batch.len() as u64);
-            let images = sd.generate(&prompts, &negatives, &seeds, &settings, condition.as_ref(), step)?;
-            for ((path, image), seed) in batch.iter().zip(&images).zip(&seeds) {
-                let mut text = metadata(&args, &settings, *seed);
-                if let Some((_, _, code)) = &style {
-                    text.push(("stylecode".to_string(), code.clone()));
-                    text.push(("style_scale".to_string(), args.style_scale.to_string()));
-                }
-                write_png(path, image, &text, args.overwrite)?;
+        let progress = progress_bar(args.quiet, (outputs.len() * args.steps) as u64);
+        let mut paths = outputs.iter();
+        for batch in request.batches(args.batch_size as usize) {
+            let images = styles.generate(&batch, |step| {
+                progress.inc(step.batch as u64);
+                ControlFlow::Continue(())
+            })?;
+            for (made, path) in images.iter().zip(&mut paths) {
+                write_png(path, &made.image, &made.recipe.text_chunks(), args.overwrite)?;
                 progress.suspend(|| println!("{}", path.display()));
             }
-            index += batch.len();
         }
         progress.finish_and_clear();
         Ok(ExitCode::SUCCESS)
     }
-}
-
-/// The style to generate in: the control weights, the latent the decoder
-/// gets, and the code to record (for a blend, the blend's nearest code).
-fn load_style<B: Backend>(
-    args: &Args,
-    weights: &WeightsDir,
-    base: &Path,
-    dtype: DType,
-    device: &B::Device,
-) -> Result<(StyleCodes<B>, [f32; 20], String)> {
-    let unet_config = burn_stylecode::weights::loader::read_unet_config(&base.join("unet"))?;
-    let codes = StyleCodes::<B>::load(weights, &unet_config, dtype, device).context("loading the StyleCodes weights")?;
-    let (latent, code) = if let Some(image) = &args.style_image {
-        let encoder = StyleEncoder::<B>::load(weights, dtype, device)?;
-        let style = encoder.encode(&[load_rgb(image)?])?.remove(0);
-        let latent = if args.exact_style { style.latent } else { style.code.latent() };
-        println!("style code: {}", style.code);
-        (latent, style.code.to_paper())
-    } else {
-        let (latent, version) = blend(&args.style)?;
-        if version != codes.version {
-            bail!(
-                "the style code is for version {version} of the StyleCodes weights, but {} holds version {}",
-                weights.stylecodes_dir().display(),
-                codes.version
-            );
-        }
-        let code = match args.style.as_slice() {
-            [single] => single.code.to_paper(),
-            _ => StyleCode::from_latent(&latent, version)?.to_paper(),
-        };
-        (latent, code)
-    };
-    Ok((codes, latent, code))
 }
 
 /// `out.png` for one image; `out-1.png` … `out-N.png` for several.
@@ -210,29 +166,15 @@ fn output_paths(out: &Path, num: u32) -> Vec<PathBuf> {
     (1..=num).map(|k| out.with_file_name(format!("{stem}-{k}.{ext}"))).collect()
 }
 
-fn metadata(args: &Args, settings: &Settings, seed: u64) -> Vec<(String, String)> {
-    let mut text = vec![
-        ("prompt".to_string(), args.prompt.clone()),
-        ("negative_prompt".to_string(), args.negative.clone()),
-        ("seed".to_string(), seed.to_string()),
-        ("steps".to_string(), settings.steps.to_string()),
-        ("scheduler".to_string(), settings.scheduler.to_string()),
-        ("guidance_scale".to_string(), settings.guidance_scale.to_string()),
-        ("width".to_string(), settings.width.to_string()),
-        ("height".to_string(), settings.height.to_string()),
-    ];
-    if args.karras {
-        text.push(("karras".to_string(), "true".to_string()));
-    }
-    text
-}
-
 fn progress_bar(quiet: bool, total: u64) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
     // Hidden automatically when stderr is not a terminal.
     let bar = ProgressBar::new(total);
-    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps ({eta})").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps ({eta})")
+            .expect("valid template"),
+    );
     bar
 }

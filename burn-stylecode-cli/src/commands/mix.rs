@@ -1,5 +1,5 @@
 use anyhow::Result;
-use burn_stylecode::code::{blend, WeightedCode};
+use burn_stylecode::style::code::{blend, WeightedCode};
 use burn_stylecode::{CodeFormat, StyleCode};
 use std::process::ExitCode;
 

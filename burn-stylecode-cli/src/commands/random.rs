@@ -1,5 +1,5 @@
 use anyhow::Result;
-use burn_stylecode::code::{random_code, OFFICIAL_VERSION};
+use burn_stylecode::style::code::{random_code, OFFICIAL_VERSION};
 use burn_stylecode::CodeFormat;
 use rand::{Rng, SeedableRng};
 use std::process::ExitCode;

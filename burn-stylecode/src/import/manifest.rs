@@ -82,9 +82,13 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Self, ImportError> {
         let path = dir.join(MANIFEST);
         let text = std::fs::read_to_string(&path).map_err(|e| ImportError::io(&path, e))?;
-        let manifest: Self = serde_json::from_str(&text).map_err(|e| ImportError::Config { path: path.clone(), message: e.to_string() })?;
+        let manifest: Self = serde_json::from_str(&text)
+            .map_err(|e| ImportError::Config { path: path.clone(), message: e.to_string() })?;
         if manifest.format != FORMAT {
-            return Err(ImportError::Config { path, message: format!("manifest format {} (this build writes {FORMAT})", manifest.format) });
+            return Err(ImportError::Config {
+                path,
+                message: format!("manifest format {} (this build writes {FORMAT})", manifest.format),
+            });
         }
         Ok(manifest)
     }
@@ -108,13 +112,27 @@ impl Manifest {
 
 /// A source file's identity: size, mtime, and (unless `known` has the same
 /// size and mtime) a fresh sha256.
-pub(crate) fn source_record(path: &Path, format: &str, origin: Option<&str>, known: Option<&SourceRecord>) -> Result<SourceRecord, ImportError> {
+pub(crate) fn source_record(
+    path: &Path,
+    format: &str,
+    origin: Option<&str>,
+    known: Option<&SourceRecord>,
+) -> Result<SourceRecord, ImportError> {
     let meta = std::fs::metadata(path).map_err(|e| ImportError::io(path, e))?;
     let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
     let path_text = path.display().to_string();
     let sha256 = match known {
-        Some(k) if k.path == path_text && k.bytes == meta.len() && k.modified.is_some() && k.modified == modified => k.sha256.clone(),
+        Some(k) if k.path == path_text && k.bytes == meta.len() && k.modified.is_some() && k.modified == modified => {
+            k.sha256.clone()
+        }
         _ => sha256_file(path).map_err(|e| ImportError::io(path, e))?,
     };
-    Ok(SourceRecord { path: path_text, origin: origin.map(String::from), format: format.into(), bytes: meta.len(), modified, sha256 })
+    Ok(SourceRecord {
+        path: path_text,
+        origin: origin.map(String::from),
+        format: format.into(),
+        bytes: meta.len(),
+        modified,
+        sha256,
+    })
 }

@@ -35,7 +35,7 @@ mod source;
 mod stylecodes;
 mod write;
 
-pub use expected::{ClipTextConfig, ExpectedTensor, UnetConfig, VaeConfig};
+pub use expected::ExpectedTensor;
 pub use manifest::{FileRecord, Manifest, SourceRecord, MANIFEST};
 pub use sd15::{sd15_from_diffusers_dir, sd15_from_single_file, Sd15Configs};
 pub use siglip::siglip_from_dir;
@@ -128,7 +128,10 @@ pub enum ImportError {
     NotACheckpoint { path: PathBuf, reason: String },
     #[error("{}: truncated or damaged: {reason}", path.display())]
     Truncated { path: PathBuf, reason: String },
-    #[error("{}: the pickle calls `{global}`, which a state dict never needs: refused (nothing was executed)", path.display())]
+    #[error(
+        "{}: the pickle calls `{global}`, which a state dict never needs: refused (nothing was executed)",
+        path.display()
+    )]
     ForbiddenGlobal { path: PathBuf, global: String },
     #[error("{}: unsupported pickle: {reason}", path.display())]
     BadPickle { path: PathBuf, reason: String },
@@ -140,10 +143,24 @@ pub enum ImportError {
     WrongDtype { path: PathBuf, key: String, dtype: String },
     #[error("{}: {message}", path.display())]
     Config { path: PathBuf, message: String },
-    #[error("{}: the source lies inside {}, which the import replaces; move it elsewhere first", source_path.display(), target.display())]
+    #[error(
+        "{}: the source lies inside {}, which the import replaces; move it elsewhere first",
+        source_path.display(),
+        target.display()
+    )]
     SourceInsideTarget { source_path: PathBuf, target: PathBuf },
-    #[error("{0}")]
-    Other(String),
+    #[error("{}: no tensor `{key}`", path.display())]
+    NoTensor { path: PathBuf, key: String },
+    #[error(
+        "{}: SD1.5 needs the CLIP tokenizer files (vocab.json, merges.txt), which a single-file checkpoint does not \
+         carry: pass the `tokenizer/` folder of an SD1.5 diffusers folder (Sd15Configs::with_tokenizer)",
+        path.display()
+    )]
+    NoTokenizer { path: PathBuf },
+    #[error("{}: tensor `{key}`: {read} bytes read from the source, {expected} expected", path.display())]
+    ShortRead { path: PathBuf, key: String, read: usize, expected: usize },
+    #[error("{}: read back wrong: {message}", path.display())]
+    ReadBack { path: PathBuf, message: String },
 }
 
 impl ImportError {
@@ -151,7 +168,6 @@ impl ImportError {
         ImportError::Io { path: path.into(), source }
     }
 }
-
 
 fn more_text(more: usize) -> String {
     if more == 0 {
@@ -195,20 +211,26 @@ pub(crate) fn match_rows(
             Layout::Upstream => std::iter::once(&row.expected.key).chain(&row.aliases).collect(),
         };
         let Some(found) = candidates.iter().find(|k| checkpoint.tensors().contains_key(k.as_str())) else {
-            if row.expected.required {
+            if row.required {
                 missing.push(candidates.first().map_or(row.expected.key.clone(), |k| k.to_string()));
             }
             continue;
         };
         let meta = &checkpoint.tensors()[found.as_str()];
         if !meta.dtype.is_float() {
-            return Err(ImportError::WrongDtype { path: checkpoint.path().into(), key: found.to_string(), dtype: meta.dtype.name().into() });
+            return Err(ImportError::WrongDtype {
+                path: checkpoint.path().into(),
+                key: found.to_string(),
+                dtype: meta.dtype.name().into(),
+            });
         }
         let squeezed = row.squeezable && {
             let want = &row.expected.shape;
-            meta.shape.len() > want.len() && meta.shape[..want.len()] == want[..] && meta.shape[want.len()..].iter().all(|&d| d == 1)
+            meta.shape.len() > want.len()
+                && meta.shape[..want.len()] == want[..]
+                && meta.shape[want.len()..].iter().all(|&d| d == 1)
         };
-        if !row.expected.accepts(&meta.shape) && !squeezed {
+        if !row.accepts(&meta.shape) && !squeezed {
             wrong.push((found.to_string(), row.expected.shape.clone(), meta.shape.clone()));
             continue;
         }
@@ -220,7 +242,13 @@ pub(crate) fn match_rows(
         return Err(ImportError::MissingTensors { path: checkpoint.path().into(), model: model.into(), keys: missing });
     }
     if let Some((key, expected, found)) = wrong.first().cloned() {
-        return Err(ImportError::WrongShape { path: checkpoint.path().into(), key, expected, found, more: wrong.len() - 1 });
+        return Err(ImportError::WrongShape {
+            path: checkpoint.path().into(),
+            key,
+            expected,
+            found,
+            more: wrong.len() - 1,
+        });
     }
     Ok(out)
 }
@@ -231,8 +259,14 @@ pub(crate) fn spec_digest(rows: &[&[Row]], extra: &[&str]) -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     for table in rows {
-        for row in *table {
-            hasher.update(format!("{} {:?} {:?}\n", row.expected.key, row.expected.shape, row.expected.free_axis));
+        // Sorted: the tables follow the modules' field order, which is no part of the specification.
+        let mut lines: Vec<String> = table
+            .iter()
+            .map(|row| format!("{} {:?} {:?}\n", row.expected.key, row.expected.shape, row.free_axis))
+            .collect();
+        lines.sort();
+        for line in lines {
+            hasher.update(line);
         }
     }
     for text in extra {
@@ -269,7 +303,11 @@ pub(crate) struct Sources {
 impl Sources {
     /// Records `paths` (checkpoint or plain files), reusing the previous
     /// manifest's sha256 for files whose size and mtime are unchanged.
-    pub fn record(paths: &[(PathBuf, &str)], previous: Option<&Manifest>, origin: Option<&str>) -> Result<Self, ImportError> {
+    pub fn record(
+        paths: &[(PathBuf, &str)],
+        previous: Option<&Manifest>,
+        origin: Option<&str>,
+    ) -> Result<Self, ImportError> {
         let mut records = Vec::with_capacity(paths.len());
         for (path, format) in paths {
             let text = path.display().to_string();
@@ -318,7 +356,9 @@ pub(crate) fn already_done(
         return false;
     }
     let same = |a: &SourceRecord, b: &SourceRecord| a.path == b.path && a.bytes == b.bytes && a.sha256 == b.sha256;
-    if previous.sources.len() != sources.records.len() || !previous.sources.iter().zip(&sources.records).all(|(a, b)| same(a, b)) {
+    if previous.sources.len() != sources.records.len()
+        || !previous.sources.iter().zip(&sources.records).all(|(a, b)| same(a, b))
+    {
         return false;
     }
     previous.verify(target).is_ok()
@@ -366,7 +406,7 @@ fn check_written(path: &Path, tensors: &[(String, Vec<usize>)], dtype: WeightDty
         WeightDtype::F16 => SrcDtype::F16,
         WeightDtype::F32 => SrcDtype::F32,
     };
-    let bad = |what: String| ImportError::Other(format!("{}: read back wrong: {what}", path.display()));
+    let bad = |message: String| ImportError::ReadBack { path: path.to_path_buf(), message };
     if written.tensors().len() != tensors.len() {
         return Err(bad(format!("{} tensors, planned {}", written.tensors().len(), tensors.len())));
     }
@@ -394,7 +434,8 @@ pub(crate) fn leftovers(checkpoint: &Checkpoint, used: &BTreeSet<String>) -> Vec
 
 pub(crate) fn read_json(path: &Path) -> Result<(String, Value), ImportError> {
     let text = std::fs::read_to_string(path).map_err(|e| ImportError::io(path, e))?;
-    let value = serde_json::from_str(&text).map_err(|e| ImportError::Config { path: path.to_path_buf(), message: format!("invalid JSON: {e}") })?;
+    let value = serde_json::from_str(&text)
+        .map_err(|e| ImportError::Config { path: path.to_path_buf(), message: format!("invalid JSON: {e}") })?;
     Ok((text, value))
 }
 

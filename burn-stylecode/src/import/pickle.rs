@@ -103,7 +103,10 @@ impl TorchCheckpoint {
         let prefix = pickle_name.trim_end_matches("data.pkl").to_string();
         let (start, len) = entries[&pickle_name];
         if len > MAX_PICKLE {
-            return Err(ImportError::BadPickle { path: path.to_path_buf(), reason: format!("data.pkl is {len} bytes, over the {MAX_PICKLE}-byte limit") });
+            return Err(ImportError::BadPickle {
+                path: path.to_path_buf(),
+                reason: format!("data.pkl is {len} bytes, over the {MAX_PICKLE}-byte limit"),
+            });
         }
         let program = &mmap[start..start + len];
         let mut machine = Machine::new(path, program);
@@ -133,7 +136,10 @@ impl TorchCheckpoint {
         let bytes = self.storage_bytes(key, tensor)?;
         let size = tensor.dtype.size();
         let available = bytes.len() / size;
-        let bad = |reason: String| ImportError::Truncated { path: self.path.clone(), reason: format!("tensor `{key}`: {reason}") };
+        let bad = |reason: String| ImportError::Truncated {
+            path: self.path.clone(),
+            reason: format!("tensor `{key}`: {reason}"),
+        };
         if tensor.storage_len > available {
             return Err(bad(format!(
                 "its storage `{}` should hold {} elements ({} bytes) but has {} bytes",
@@ -155,7 +161,8 @@ impl TorchCheckpoint {
     /// The tensor's elements in row-major order, as little-endian bytes of
     /// its own dtype (strided views are gathered).
     pub fn raw(&self, key: &str) -> Result<Vec<u8>, ImportError> {
-        let tensor = self.tensors.get(key).ok_or_else(|| ImportError::Other(format!("{}: no tensor `{key}`", self.path.display())))?;
+        let tensor =
+            self.tensors.get(key).ok_or_else(|| ImportError::NoTensor { path: self.path.clone(), key: key.into() })?;
         let bytes = self.storage_bytes(key, tensor)?;
         let size = tensor.dtype.size();
         if tensor.is_contiguous() {
@@ -196,7 +203,10 @@ fn zip_entries(path: &Path, mmap: &Mmap) -> Result<HashMap<String, (usize, usize
             // torch.save never compresses; refusing also rules out zip bombs.
             return Err(ImportError::BadPickle {
                 path: path.to_path_buf(),
-                reason: format!("entry `{name}` is compressed ({:?}); torch.save writes stored entries", entry.compression()),
+                reason: format!(
+                    "entry `{name}` is compressed ({:?}); torch.save writes stored entries",
+                    entry.compression()
+                ),
             });
         }
         let start = entry.data_start().ok_or_else(|| damaged(format!("entry `{name}` has no data offset")))? as usize;
@@ -229,8 +239,15 @@ enum Node {
     Dict(Vec<(Id, Id)>),
     Set(Vec<Id>),
     /// A reference to a Python global, not resolved; calling it is checked.
-    Global { module: String, name: String },
-    Storage { dtype: SrcDtype, key: String, len: usize },
+    Global {
+        module: String,
+        name: String,
+    },
+    Storage {
+        dtype: SrcDtype,
+        key: String,
+        len: usize,
+    },
     Tensor(PickledTensor),
 }
 
@@ -258,7 +275,10 @@ impl<'a> Machine<'a> {
     }
 
     fn bad(&self, reason: impl Into<String>) -> ImportError {
-        ImportError::BadPickle { path: self.path.to_path_buf(), reason: format!("{} (at byte {} of data.pkl)", reason.into(), self.pos) }
+        ImportError::BadPickle {
+            path: self.path.to_path_buf(),
+            reason: format!("{} (at byte {} of data.pkl)", reason.into(), self.pos),
+        }
     }
 
     fn forbidden(&self, module: &str, name: &str) -> ImportError {
@@ -268,9 +288,11 @@ impl<'a> Machine<'a> {
     // --- reading -----------------------------------------------------------
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], ImportError> {
-        let end = self.pos.checked_add(n).filter(|&end| end <= self.program.len()).ok_or_else(|| {
-            ImportError::Truncated { path: self.path.to_path_buf(), reason: "data.pkl ends in the middle of an opcode".into() }
-        })?;
+        let end =
+            self.pos.checked_add(n).filter(|&end| end <= self.program.len()).ok_or_else(|| ImportError::Truncated {
+                path: self.path.to_path_buf(),
+                reason: "data.pkl ends in the middle of an opcode".into(),
+            })?;
         let bytes = &self.program[self.pos..end];
         self.pos = end;
         Ok(bytes)
@@ -289,7 +311,10 @@ impl<'a> Machine<'a> {
 
     fn len(&mut self, n: usize) -> Result<usize, ImportError> {
         let len = self.uint(n)?;
-        usize::try_from(len).ok().filter(|&len| len <= self.program.len()).ok_or_else(|| self.bad(format!("length {len} exceeds the pickle")))
+        usize::try_from(len)
+            .ok()
+            .filter(|&len| len <= self.program.len())
+            .ok_or_else(|| self.bad(format!("length {len} exceeds the pickle")))
     }
 
     fn line(&mut self) -> Result<&'a str, ImportError> {
@@ -331,10 +356,14 @@ impl<'a> Machine<'a> {
     }
 
     fn pop_mark(&mut self) -> Result<Vec<Id>, ImportError> {
-        let mark = self.stack.iter().rposition(|s| matches!(s, Slot::Mark)).ok_or_else(|| self.bad("no mark on the stack"))?;
+        let mark =
+            self.stack.iter().rposition(|s| matches!(s, Slot::Mark)).ok_or_else(|| self.bad("no mark on the stack"))?;
         let items = self.stack.split_off(mark + 1);
         self.stack.pop();
-        Ok(items.into_iter().map(|s| if let Slot::Value(id) = s { id } else { unreachable!("marks stop the split") }).collect())
+        Ok(items
+            .into_iter()
+            .map(|s| if let Slot::Value(id) = s { id } else { unreachable!("marks stop the split") })
+            .collect())
     }
 
     fn memo_put(&mut self, index: u64) -> Result<(), ImportError> {
@@ -650,11 +679,14 @@ impl<'a> Machine<'a> {
         let items = items.clone();
         let field = |i: usize| items.get(i).map(|&id| &self.nodes[id]);
         match (field(0), field(1), field(2), field(4)) {
-            (Some(Node::Str(tag)), Some(Node::Global { module, name }), Some(Node::Str(key)), Some(Node::Int(len))) if tag == "storage" => {
+            (Some(Node::Str(tag)), Some(Node::Global { module, name }), Some(Node::Str(key)), Some(Node::Int(len)))
+                if tag == "storage" =>
+            {
                 if module != "torch" {
                     return Err(self.bad(format!("storage type `{module}.{name}`")));
                 }
-                let dtype = SrcDtype::from_storage(name).ok_or_else(|| self.bad(format!("unsupported storage type `torch.{name}`")))?;
+                let dtype = SrcDtype::from_storage(name)
+                    .ok_or_else(|| self.bad(format!("unsupported storage type `torch.{name}`")))?;
                 let len = usize::try_from(*len).map_err(|_| self.bad("negative storage size"))?;
                 Ok(Node::Storage { dtype, key: key.clone(), len })
             }
@@ -729,10 +761,12 @@ impl<'a> Machine<'a> {
                 }
                 Ok(self.alloc(Node::Tensor(PickledTensor { dtype, storage, storage_len, offset, shape, stride })))
             }
-            ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => match args.first() {
-                Some(&data) if matches!(self.nodes[data], Node::Tensor(_)) => Ok(data),
-                _ => Err(self.bad(format!("{name} without a tensor"))),
-            },
+            ("torch._utils", "_rebuild_parameter") | ("torch._utils", "_rebuild_parameter_with_state") => {
+                match args.first() {
+                    Some(&data) if matches!(self.nodes[data], Node::Tensor(_)) => Ok(data),
+                    _ => Err(self.bad(format!("{name} without a tensor"))),
+                }
+            }
             ("torch._tensor", "_rebuild_from_type_v2") => {
                 // (func, type, args, state): a tensor subclass; only plain
                 // tensors and parameters are accepted.
@@ -786,7 +820,9 @@ impl<'a> Machine<'a> {
             reason: "the pickle holds no dict (a whole pickled model rather than a state dict?)".into(),
         })?;
         for wanted in unwrap {
-            if let Some(&(_, value)) = entries.iter().find(|(k, _)| matches!(&self.nodes[*k], Node::Str(s) if s == wanted)) {
+            if let Some(&(_, value)) =
+                entries.iter().find(|(k, _)| matches!(&self.nodes[*k], Node::Str(s) if s == wanted))
+            {
                 if self.dict_entries(value).is_none() {
                     return Err(ImportError::NotACheckpoint {
                         path: self.path.to_path_buf(),
@@ -861,7 +897,14 @@ mod tests {
 
     #[test]
     fn strided_views_know_their_extent() {
-        let t = PickledTensor { dtype: SrcDtype::F32, storage: "0".into(), storage_len: 12, offset: 2, shape: vec![2, 3], stride: vec![1, 2] };
+        let t = PickledTensor {
+            dtype: SrcDtype::F32,
+            storage: "0".into(),
+            storage_len: 12,
+            offset: 2,
+            shape: vec![2, 3],
+            stride: vec![1, 2],
+        };
         assert!(!t.is_contiguous());
         assert_eq!(t.extent(), Some(2 + 1 + 4 + 1));
         let c = PickledTensor { stride: vec![3, 1], ..t };

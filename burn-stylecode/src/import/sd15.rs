@@ -1,12 +1,13 @@
 //! Stable Diffusion 1.5: single files with the original LDM names, or
 //! diffusers folders, written as a canonical diffusers folder.
 
-use super::expected::{clip_text_rows, unet_rows, vae_rows, ClipTextConfig, Row, UnetConfig, VaeConfig};
+use super::expected::{clip_text_rows, unet_rows, vae_rows, Row};
 use super::source::Checkpoint;
 use super::{
-    already_done, config_error, execute, leftovers, match_rows, previous_manifest, skipped, spec_digest, target_dir, ImportError,
-    ImportOptions, ImportReport, Layout, Plan, Planned, Sources, WeightDtype,
+    already_done, config_error, execute, leftovers, match_rows, previous_manifest, skipped, spec_digest, target_dir,
+    ImportError, ImportOptions, ImportReport, Layout, Plan, Planned, Sources, WeightDtype,
 };
+use crate::weights::JsonConfig;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -76,34 +77,31 @@ impl Sd15Configs {
         }
     }
 
+    /// The three tables, from the configs (read and validated as the loaders do).
     fn tables(&self) -> Result<Tables, ImportError> {
-        let parse = |rel: &str, text: &str| -> Result<serde_json::Value, ImportError> {
-            serde_json::from_str(text).map_err(|e| config_error(&self.source_name(rel), format!("invalid JSON: {e}")))
-        };
-        let unet_rel = "unet/config.json";
-        let vae_rel = "vae/config.json";
-        let clip_rel = "text_encoder/config.json";
-        let unet: UnetConfig = serde_json::from_value(parse(unet_rel, &self.unet)?).map_err(|e| config_error(&self.source_name(unet_rel), e))?;
-        let vae: VaeConfig = serde_json::from_value(parse(vae_rel, &self.vae)?).map_err(|e| config_error(&self.source_name(vae_rel), e))?;
-        let clip: ClipTextConfig =
-            serde_json::from_value(parse(clip_rel, &self.text_encoder)?).map_err(|e| config_error(&self.source_name(clip_rel), e))?;
-        parse("scheduler/scheduler_config.json", &self.scheduler)?;
-        parse("model_index.json", &self.model_index)?;
-        Ok(Tables {
-            unet: unet_rows(&unet).map_err(|e| config_error(&self.source_name(unet_rel), e))?,
-            vae: vae_rows(&vae).map_err(|e| config_error(&self.source_name(vae_rel), e))?,
-            clip: clip_text_rows(&clip),
-        })
+        fn table<C: JsonConfig>(
+            configs: &Sd15Configs,
+            rel: &str,
+            text: &str,
+            rows: impl FnOnce(&C) -> Result<Vec<Row>, String>,
+        ) -> Result<Vec<Row>, ImportError> {
+            C::from_json(text).and_then(|config| rows(&config)).map_err(|e| config_error(&configs.source_name(rel), e))
+        }
+        let unet = table(self, "unet/config.json", &self.unet, unet_rows)?;
+        let vae = table(self, "vae/config.json", &self.vae, vae_rows)?;
+        let clip = table(self, "text_encoder/config.json", &self.text_encoder, clip_text_rows)?;
+        for (rel, text) in
+            [("scheduler/scheduler_config.json", &self.scheduler), ("model_index.json", &self.model_index)]
+        {
+            serde_json::from_str::<serde_json::Value>(text)
+                .map_err(|e| config_error(&self.source_name(rel), format!("invalid JSON: {e}")))?;
+        }
+        Ok(Tables { unet, vae, clip })
     }
 
-    fn tokenizer_files(&self) -> Result<Vec<PathBuf>, ImportError> {
-        let dir = self.tokenizer.as_ref().ok_or_else(|| {
-            ImportError::Other(
-                "SD1.5 needs the CLIP tokenizer files (vocab.json, merges.txt), which a single-file checkpoint does not carry: \
-                 pass the `tokenizer/` folder of an SD1.5 diffusers folder (Sd15Configs::with_tokenizer)"
-                    .into(),
-            )
-        })?;
+    /// The tokenizer files to copy; `checkpoint` is named if there are none.
+    fn tokenizer_files(&self, checkpoint: &Path) -> Result<Vec<PathBuf>, ImportError> {
+        let dir = self.tokenizer.as_ref().ok_or_else(|| ImportError::NoTokenizer { path: checkpoint.to_path_buf() })?;
         tokenizer_files(dir)
     }
 }
@@ -156,12 +154,19 @@ fn config_files(configs: &Sd15Configs, tokenizer: &[PathBuf]) -> Result<Vec<Plan
 /// with a `state_dict`) into `out_root/sd15/` in the diffusers layout, with
 /// the given configs. EMA copies (`model_ema.*`) and other tensors no model
 /// uses are listed as leftovers.
-pub fn sd15_from_single_file(path: &Path, out_root: &Path, configs: &Sd15Configs, options: &ImportOptions) -> Result<ImportReport, ImportError> {
+pub fn sd15_from_single_file(
+    path: &Path,
+    out_root: &Path,
+    configs: &Sd15Configs,
+    options: &ImportOptions,
+) -> Result<ImportReport, ImportError> {
     let tables = configs.tables()?;
-    let tokenizer = configs.tokenizer_files()?;
+    let tokenizer = configs.tokenizer_files(path)?;
     let mut paths: Vec<(PathBuf, &str)> = vec![(path.to_path_buf(), "checkpoint")];
     if let Some(dir) = &configs.from {
-        for rel in ["unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json"] {
+        for rel in
+            ["unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json"]
+        {
             paths.push((dir.join(rel), "file"));
         }
     }
@@ -169,7 +174,13 @@ pub fn sd15_from_single_file(path: &Path, out_root: &Path, configs: &Sd15Configs
     let target = target_dir(out_root, MODEL, &paths.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>())?;
     let previous = previous_manifest(&target);
     let sources = Sources::record(&paths, previous.as_ref(), options.origin.as_deref())?;
-    let extra = [configs.unet.as_str(), configs.vae.as_str(), configs.text_encoder.as_str(), configs.scheduler.as_str(), configs.model_index.as_str()];
+    let extra = [
+        configs.unet.as_str(),
+        configs.vae.as_str(),
+        configs.text_encoder.as_str(),
+        configs.scheduler.as_str(),
+        configs.model_index.as_str(),
+    ];
     let spec = spec_digest(&[&tables.unet, &tables.vae, &tables.clip], &extra);
     const FROM: &str = "ldm-single-file";
     if already_done(&target, previous.as_ref(), MODEL, FROM, &spec, &sources, options) {
@@ -204,7 +215,13 @@ pub fn sd15_from_single_file(path: &Path, out_root: &Path, configs: &Sd15Configs
 
 /// The weights file of a diffusers component: the first of the usual names
 /// present (the `.fp16` variant first when importing as f16).
-fn weights_file(dir: &Path, component: &str, stem: &str, bin_stem: &str, dtype: WeightDtype) -> Result<PathBuf, ImportError> {
+fn weights_file(
+    dir: &Path,
+    component: &str,
+    stem: &str,
+    bin_stem: &str,
+    dtype: WeightDtype,
+) -> Result<PathBuf, ImportError> {
     let full = [format!("{stem}.safetensors"), format!("{bin_stem}.bin")];
     let half = [format!("{stem}.fp16.safetensors"), format!("{bin_stem}.fp16.bin")];
     let order: Vec<&String> = match dtype {
@@ -213,7 +230,10 @@ fn weights_file(dir: &Path, component: &str, stem: &str, bin_stem: &str, dtype: 
     };
     let folder = dir.join(component);
     order.iter().map(|name| folder.join(name)).find(|p| p.is_file()).ok_or_else(|| {
-        config_error(&folder, format!("no weights: expected one of {}", order.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")))
+        config_error(
+            &folder,
+            format!("no weights: expected one of {}", order.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+        )
     })
 }
 
@@ -221,7 +241,11 @@ fn weights_file(dir: &Path, component: &str, stem: &str, bin_stem: &str, dtype: 
 /// scheduler/) into `out_root/sd15/`: weights verified against its own
 /// configs and rewritten (as `dtype`, canonical names: `text_model.*`, the
 /// VAE's `to_q/to_k/to_v/to_out.0`), configs and tokenizer copied.
-pub fn sd15_from_diffusers_dir(dir: &Path, out_root: &Path, options: &ImportOptions) -> Result<ImportReport, ImportError> {
+pub fn sd15_from_diffusers_dir(
+    dir: &Path,
+    out_root: &Path,
+    options: &ImportOptions,
+) -> Result<ImportReport, ImportError> {
     for rel in ["unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json"] {
         if !dir.join(rel).is_file() {
             return Err(config_error(dir, format!("not a diffusers SD1.5 folder: no {rel}")));
@@ -229,14 +253,20 @@ pub fn sd15_from_diffusers_dir(dir: &Path, out_root: &Path, options: &ImportOpti
     }
     let configs = Sd15Configs::from_diffusers_dir(dir)?;
     let tables = configs.tables()?;
-    let tokenizer = configs.tokenizer_files()?;
+    let tokenizer = configs.tokenizer_files(dir)?;
     let weights = [
         weights_file(dir, "unet", "diffusion_pytorch_model", "diffusion_pytorch_model", options.dtype)?,
         weights_file(dir, "vae", "diffusion_pytorch_model", "diffusion_pytorch_model", options.dtype)?,
         weights_file(dir, "text_encoder", "model", "pytorch_model", options.dtype)?,
     ];
     let mut paths: Vec<(PathBuf, &str)> = weights.iter().map(|p| (p.clone(), "checkpoint")).collect();
-    for rel in ["unet/config.json", "vae/config.json", "text_encoder/config.json", "scheduler/scheduler_config.json", "model_index.json"] {
+    for rel in [
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+        "scheduler/scheduler_config.json",
+        "model_index.json",
+    ] {
         if dir.join(rel).is_file() {
             paths.push((dir.join(rel), "file"));
         }
@@ -245,7 +275,13 @@ pub fn sd15_from_diffusers_dir(dir: &Path, out_root: &Path, options: &ImportOpti
     let target = target_dir(out_root, MODEL, &paths.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>())?;
     let previous = previous_manifest(&target);
     let sources = Sources::record(&paths, previous.as_ref(), options.origin.as_deref())?;
-    let extra = [configs.unet.as_str(), configs.vae.as_str(), configs.text_encoder.as_str(), configs.scheduler.as_str(), configs.model_index.as_str()];
+    let extra = [
+        configs.unet.as_str(),
+        configs.vae.as_str(),
+        configs.text_encoder.as_str(),
+        configs.scheduler.as_str(),
+        configs.model_index.as_str(),
+    ];
     let spec = spec_digest(&[&tables.unet, &tables.vae, &tables.clip], &extra);
     const FROM: &str = "diffusers";
     if already_done(&target, previous.as_ref(), MODEL, FROM, &spec, &sources, options) {
@@ -273,6 +309,15 @@ pub fn sd15_from_diffusers_dir(dir: &Path, out_root: &Path, options: &ImportOpti
     }
     let mut files = config_files(&configs, &tokenizer)?;
     files.extend(planned);
-    let plan = Plan { model: MODEL, converted_from: FROM, spec, checkpoints, sources: records, files, leftover, unchecked: Vec::new() };
+    let plan = Plan {
+        model: MODEL,
+        converted_from: FROM,
+        spec,
+        checkpoints,
+        sources: records,
+        files,
+        leftover,
+        unchecked: Vec::new(),
+    };
     execute(plan, out_root, options)
 }

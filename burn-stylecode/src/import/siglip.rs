@@ -4,10 +4,11 @@
 use super::expected::siglip_vision_rows;
 use super::source::Checkpoint;
 use super::{
-    already_done, config_error, execute, leftovers, match_rows, previous_manifest, read_json, skipped, spec_digest, target_dir, ImportError,
-    ImportOptions, ImportReport, Layout, Plan, Planned, Sources,
+    already_done, config_error, execute, leftovers, match_rows, previous_manifest, read_json, skipped, spec_digest,
+    target_dir, ImportError, ImportOptions, ImportReport, Layout, Plan, Planned, Sources,
 };
 use crate::siglip::SiglipVisionConfig;
+use crate::weights::JsonConfig;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -20,14 +21,14 @@ const MODEL: &str = "siglip";
 pub fn siglip_from_dir(dir: &Path, out_root: &Path, options: &ImportOptions) -> Result<ImportReport, ImportError> {
     let config_path = dir.join("config.json");
     let (config_text, _) = read_json(&config_path)?;
-    let config = SiglipVisionConfig::from_json(&config_text).map_err(|e| config_error(&config_path, e))?;
-    if config.hidden_act != "gelu_pytorch_tanh" {
-        return Err(config_error(&config_path, format!("hidden_act `{}` is not supported (SigLIP uses `gelu_pytorch_tanh`)", config.hidden_act)));
-    }
-    let rows = siglip_vision_rows(&config);
-    let weights = ["model.safetensors", "pytorch_model.bin"].iter().map(|n| dir.join(n)).find(|p| p.is_file()).ok_or_else(|| {
-        config_error(dir, "no weights: expected model.safetensors or pytorch_model.bin")
-    })?;
+    let rows = SiglipVisionConfig::from_json(&config_text)
+        .and_then(|config| siglip_vision_rows(&config))
+        .map_err(|e| config_error(&config_path, e))?;
+    let weights = ["model.safetensors", "pytorch_model.bin"]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| config_error(dir, "no weights: expected model.safetensors or pytorch_model.bin"))?;
     let preprocessor = Some(dir.join("preprocessor_config.json")).filter(|p| p.is_file());
     let mut paths: Vec<(PathBuf, &str)> = vec![(weights.clone(), "checkpoint"), (config_path.clone(), "file")];
     if let Some(p) = &preprocessor {
@@ -56,6 +57,15 @@ pub fn siglip_from_dir(dir: &Path, out_root: &Path, options: &ImportOptions) -> 
         let data = std::fs::read(p).map_err(|e| ImportError::io(p, e))?;
         files.push(Planned::Bytes { rel: "preprocessor_config.json".into(), data });
     }
-    let plan = Plan { model: MODEL, converted_from: FROM, spec, checkpoints: vec![checkpoint], sources: records, files, leftover, unchecked: Vec::new() };
+    let plan = Plan {
+        model: MODEL,
+        converted_from: FROM,
+        spec,
+        checkpoints: vec![checkpoint],
+        sources: records,
+        files,
+        leftover,
+        unchecked: Vec::new(),
+    };
     execute(plan, out_root, options)
 }

@@ -111,9 +111,10 @@ pub(crate) fn convert(bytes: Vec<u8>, from: SrcDtype, to: WeightDtype) -> Vec<u8
             .chunks_exact(4)
             .flat_map(|b| f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes())
             .collect(),
-        (SrcDtype::BF16, WeightDtype::F16) => {
-            bytes.chunks_exact(2).flat_map(|b| f16::from_f32(bf16::from_le_bytes([b[0], b[1]]).to_f32()).to_le_bytes()).collect()
-        }
+        (SrcDtype::BF16, WeightDtype::F16) => bytes
+            .chunks_exact(2)
+            .flat_map(|b| f16::from_f32(bf16::from_le_bytes([b[0], b[1]]).to_f32()).to_le_bytes())
+            .collect(),
         (SrcDtype::F64, _) => {
             let values = bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32);
             match to {
@@ -199,21 +200,25 @@ impl Checkpoint {
     /// state dict is the top-level dict under the first of `unwrap` present,
     /// else the top-level dict.
     pub fn open(path: &Path, unwrap: &[&str]) -> Result<Self, ImportError> {
-        let kind = match sniff(path)? {
-            Format::Safetensors => Kind::Safetensors(open_safetensors(path)?),
-            Format::Zip => Kind::Torch(TorchCheckpoint::open(path, unwrap)?),
-            Format::LegacyTorch => {
-                return Err(ImportError::NotACheckpoint {
+        let kind =
+            match sniff(path)? {
+                Format::Safetensors => Kind::Safetensors(open_safetensors(path)?),
+                Format::Zip => Kind::Torch(TorchCheckpoint::open(path, unwrap)?),
+                Format::LegacyTorch => return Err(ImportError::NotACheckpoint {
                     path: path.to_path_buf(),
-                    reason: "a PyTorch checkpoint in the pre-1.6 format, which is not supported: re-save it with a recent \
+                    reason:
+                        "a PyTorch checkpoint in the pre-1.6 format, which is not supported: re-save it with a recent \
                              torch.save, or convert it to safetensors"
-                        .into(),
-                })
-            }
-        };
+                            .into(),
+                }),
+            };
         let tensors = match &kind {
             Kind::Safetensors(s) => s.tensors.clone(),
-            Kind::Torch(t) => t.tensors.iter().map(|(k, v)| (k.clone(), TensorMeta { dtype: v.dtype, shape: v.shape.clone() })).collect(),
+            Kind::Torch(t) => t
+                .tensors
+                .iter()
+                .map(|(k, v)| (k.clone(), TensorMeta { dtype: v.dtype, shape: v.shape.clone() }))
+                .collect(),
         };
         Ok(Self { path: path.to_path_buf(), kind, tensors })
     }
@@ -244,9 +249,14 @@ impl Checkpoint {
 
     /// A float tensor's elements, row-major, as little-endian `to`.
     pub fn read(&self, key: &str, to: WeightDtype) -> Result<Vec<u8>, ImportError> {
-        let meta = self.tensors.get(key).ok_or_else(|| ImportError::Other(format!("{}: no tensor `{key}`", self.path.display())))?;
+        let meta =
+            self.tensors.get(key).ok_or_else(|| ImportError::NoTensor { path: self.path.clone(), key: key.into() })?;
         if !meta.dtype.is_float() {
-            return Err(ImportError::WrongDtype { path: self.path.clone(), key: key.into(), dtype: meta.dtype.name().into() });
+            return Err(ImportError::WrongDtype {
+                path: self.path.clone(),
+                key: key.into(),
+                dtype: meta.dtype.name().into(),
+            });
         }
         let raw = match &self.kind {
             Kind::Safetensors(s) => {
@@ -270,7 +280,10 @@ fn open_safetensors(path: &Path) -> Result<SafetensorsSource, ImportError> {
                 path: path.to_path_buf(),
                 reason: "the safetensors header describes more data than the file holds".into(),
             },
-            other => ImportError::NotACheckpoint { path: path.to_path_buf(), reason: format!("invalid safetensors header: {other}") },
+            other => ImportError::NotACheckpoint {
+                path: path.to_path_buf(),
+                reason: format!("invalid safetensors header: {other}"),
+            },
         }
     })?;
     let mut offsets = BTreeMap::new();

@@ -2,14 +2,16 @@
 //! zip pickle `{"controlnet": StyleCodesModel.state_dict()}`, written as
 //! `stylecodes/stylecodes.safetensors` with the official key names.
 
-use super::expected::{autoencoder_rows, control_rows, official_control_config, UnetConfig};
+use super::expected::{autoencoder_rows, control_rows};
 use super::source::Checkpoint;
 use super::{
-    already_done, config_error, execute, leftovers, match_rows, previous_manifest, skipped, spec_digest, target_dir, ImportError, ImportOptions,
-    ImportReport, Layout, Plan, Planned, Sources,
+    already_done, config_error, execute, leftovers, match_rows, previous_manifest, skipped, spec_digest, target_dir,
+    ImportError, ImportOptions, ImportReport, Layout, Plan, Planned, Sources,
 };
-use crate::autoencoder::AutoencoderConfig;
-use crate::code::OFFICIAL_VERSION;
+use crate::sd::unet_2d::UNetConfig;
+use crate::style::autoencoder::AutoencoderConfig;
+use crate::style::control::StyleControlConfig;
+use crate::style::StylecodesConfig;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -23,17 +25,23 @@ pub struct StylecodesSpec {
     /// The version character of codes made with these weights.
     pub version: char,
     pub autoencoder: AutoencoderConfig,
-    /// The control UNet's config. `None` checks the autoencoder only and
+    /// The control module's config. `None` checks the autoencoder only and
     /// carries the `control_model.*` / `middle_block_out.*` tensors over
     /// unchecked (listed in the manifest).
-    pub control: Option<UnetConfig>,
+    pub control: Option<StyleControlConfig>,
 }
 
 impl StylecodesSpec {
     /// The official `stylecodes_sd15_v1` model: version `1`, the default
-    /// autoencoder, the SD1.5-sized control module.
+    /// autoencoder, the control module of SD1.5's UNet.
     pub fn official() -> Self {
-        Self { version: OFFICIAL_VERSION, autoencoder: AutoencoderConfig::default(), control: Some(official_control_config()) }
+        Self::with_control(&StylecodesConfig::default(), &UNetConfig::sd15())
+    }
+
+    /// A `stylecodes/config.json`'s model with its control module shaped
+    /// after the base UNet `base`.
+    pub fn with_control(config: &StylecodesConfig, base: &UNetConfig) -> Self {
+        Self { version: config.version, autoencoder: config.autoencoder.clone(), control: Some(config.control(base)) }
     }
 
     /// An autoencoder-only check (e.g. a weights folder's `config.json`).
@@ -46,10 +54,16 @@ impl StylecodesSpec {
 /// official `.bin` (state dict under `"controlnet"`, or at the top level),
 /// or a `.safetensors` with the same keys (optionally under `controlnet.`).
 /// The pickle is read without running any of its code.
-pub fn stylecodes_from_bin(path: &Path, out_root: &Path, spec: &StylecodesSpec, options: &ImportOptions) -> Result<ImportReport, ImportError> {
+pub fn stylecodes_from_bin(
+    path: &Path,
+    out_root: &Path,
+    spec: &StylecodesSpec,
+    options: &ImportOptions,
+) -> Result<ImportReport, ImportError> {
     let mut rows = autoencoder_rows(&spec.autoencoder);
     if let Some(control) = &spec.control {
-        rows.extend(control_rows(control).map_err(|e| config_error(Path::new("<StyleCodes control config>"), e))?);
+        let control = control_rows(control).map_err(|e| config_error(Path::new("<StyleCodes control config>"), e))?;
+        rows.extend(control);
     }
     // A safetensors export may keep the `.bin`'s top-level key as a prefix.
     for row in &mut rows {
@@ -81,7 +95,11 @@ pub fn stylecodes_from_bin(path: &Path, out_root: &Path, spec: &StylecodesSpec, 
             }
             used.insert(key.clone());
             unchecked.push(name.to_string());
-            tensors.push(super::write::OutTensor { key: name.to_string(), shape: meta.shape.clone(), source: (0, key.clone()) });
+            tensors.push(super::write::OutTensor {
+                key: name.to_string(),
+                shape: meta.shape.clone(),
+                source: (0, key.clone()),
+            });
         }
     }
     let leftover = leftovers(&checkpoint, &used);
@@ -91,7 +109,16 @@ pub fn stylecodes_from_bin(path: &Path, out_root: &Path, spec: &StylecodesSpec, 
         Planned::Tensors { rel: "stylecodes.safetensors".into(), tensors },
         Planned::Json { rel: "config.json".into(), value: config },
     ];
-    let plan = Plan { model: MODEL, converted_from: from, spec: spec_hash, checkpoints: vec![checkpoint], sources: records, files, leftover, unchecked };
+    let plan = Plan {
+        model: MODEL,
+        converted_from: from,
+        spec: spec_hash,
+        checkpoints: vec![checkpoint],
+        sources: records,
+        files,
+        leftover,
+        unchecked,
+    };
     execute(plan, out_root, options)
 }
 

@@ -74,10 +74,18 @@ impl Staging {
         let created_root = !root.exists();
         fs::create_dir_all(root).map_err(|e| ImportError::io(root, e))?;
         remove_stale(root, model);
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let stamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let dir = root.join(format!(".{model}.partial-{}-{stamp}", std::process::id()));
         fs::create_dir(&dir).map_err(|e| ImportError::io(&dir, e))?;
-        Ok(Self { root: root.to_path_buf(), model: model.into(), dir, created_root, files: Vec::new(), committed: false })
+        Ok(Self {
+            root: root.to_path_buf(),
+            model: model.into(),
+            dir,
+            created_root,
+            files: Vec::new(),
+            committed: false,
+        })
     }
 
     fn create(&self, rel: &str) -> Result<(PathBuf, Hashing<BufWriter<File>>), ImportError> {
@@ -89,7 +97,13 @@ impl Staging {
         Ok((path, Hashing { inner: BufWriter::with_capacity(8 << 20, file), hasher: Sha256::new(), bytes: 0 }))
     }
 
-    fn finish(&mut self, rel: &str, path: &Path, writer: Hashing<BufWriter<File>>, tensors: Option<usize>) -> Result<(), ImportError> {
+    fn finish(
+        &mut self,
+        rel: &str,
+        path: &Path,
+        writer: Hashing<BufWriter<File>>,
+        tensors: Option<usize>,
+    ) -> Result<(), ImportError> {
         let Hashing { inner, hasher, bytes } = writer;
         let file = inner.into_inner().map_err(|e| ImportError::io(path, e.into_error()))?;
         file.sync_all().map_err(|e| ImportError::io(path, e))?;
@@ -125,10 +139,9 @@ impl Staging {
         let mut offset = 0usize;
         for t in tensors.iter() {
             let len = t.shape.iter().product::<usize>() * dtype.size();
-            header.insert(
-                t.key.clone(),
-                serde_json::json!({ "dtype": dtype.safetensors_name(), "shape": t.shape, "data_offsets": [offset, offset + len] }),
-            );
+            let (name, offsets) = (dtype.safetensors_name(), [offset, offset + len]);
+            let entry = serde_json::json!({ "dtype": name, "shape": t.shape, "data_offsets": offsets });
+            header.insert(t.key.clone(), entry);
             offset += len;
         }
         let mut text = serde_json::to_string(&Value::Object(header)).expect("JSON values serialise");
@@ -144,7 +157,8 @@ impl Staging {
             let bytes = read(t)?;
             let want = t.shape.iter().product::<usize>() * dtype.size();
             if bytes.len() != want {
-                return Err(ImportError::Other(format!("tensor `{}`: {} bytes read, {want} expected", t.key, bytes.len())));
+                let (key, read) = (t.key.clone(), bytes.len());
+                return Err(ImportError::ShortRead { path: path.clone(), key, read, expected: want });
             }
             writer.write_all(&bytes).map_err(io)?;
         }

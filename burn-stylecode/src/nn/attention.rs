@@ -5,8 +5,8 @@
 //! `nn.MultiheadAttention` packs q, k and v into `in_proj_weight`. Both load
 //! into this one module: the loader splits the packed form.
 
-use burn::module::Module;
 use crate::nn::{swap_dims_1_2, Linear, LinearConfig};
+use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -23,7 +23,7 @@ pub struct MultiHeadAttentionConfig {
 impl MultiHeadAttentionConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> MultiHeadAttention<B> {
         assert!(
-            self.num_heads > 0 && self.d_model % self.num_heads == 0,
+            self.num_heads > 0 && self.d_model.is_multiple_of(self.num_heads),
             "d_model {} is not divisible by num_heads {}",
             self.d_model,
             self.num_heads
@@ -85,7 +85,13 @@ const MAX_SCORES: usize = 1 << 24;
 /// Scaled dot-product attention over `num_heads` heads of already projected
 /// `q` [B, Lq, D], `k` and `v` [B, Lk, D] → [B, Lq, D], on burn's fused op.
 /// Every attention in the crate goes through here.
-pub fn attend<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, num_heads: usize, is_causal: bool) -> Tensor<B, 3> {
+pub fn attend<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    num_heads: usize,
+    is_causal: bool,
+) -> Tensor<B, 3> {
     attend_in_blocks(q, k, v, num_heads, is_causal, MAX_SCORES)
 }
 

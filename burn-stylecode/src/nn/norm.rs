@@ -32,7 +32,7 @@ pub struct GroupNormConfig {
 impl GroupNormConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> GroupNorm<B> {
         assert!(
-            self.num_groups > 0 && self.num_channels % self.num_groups == 0,
+            self.num_groups > 0 && self.num_channels.is_multiple_of(self.num_groups),
             "{} channels cannot be split into {} groups",
             self.num_channels,
             self.num_groups

@@ -3,9 +3,11 @@
 //! (the spatial transformer of the UNet's cross-attention blocks).
 
 use crate::nn::attention::attend;
+use crate::nn::{
+    image_to_tokens, tokens_to_image, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+};
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use crate::nn::{image_to_tokens, tokens_to_image, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 

@@ -7,15 +7,15 @@
 //! "Clip skip" (an earlier layer's output, then the final norm) is
 //! [`ClipTextTransformer::forward_clip_skip`].
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
+use crate::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use crate::weights::JsonConfig;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig};
-use crate::nn::{Linear, LinearConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, sigmoid};
 use serde::{Deserialize, Deserializer, Serialize};
-use std::path::Path;
 
 /// transformers' `CLIPTextConfig`; unset fields take transformers' defaults
 /// (those of openai/clip-vit-base-patch32, not SD1.5's: see [`Self::sd15`]).
@@ -54,40 +54,31 @@ impl Default for ClipTextConfig {
 impl ClipTextConfig {
     /// SD1.5's `text_encoder/config.json` (openai/clip-vit-large-patch14's text tower).
     pub fn sd15() -> Self {
-        Self {
-            hidden_size: 768,
-            intermediate_size: 3072,
-            num_attention_heads: 12,
-            eos_token_id: 2,
-            ..Self::default()
-        }
+        Self { hidden_size: 768, intermediate_size: 3072, num_attention_heads: 12, eos_token_id: 2, ..Self::default() }
     }
+}
 
-    /// Reads a `config.json`: a `CLIPTextConfig`, or a whole `CLIPConfig`
-    /// (its `text_config`).
-    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        let value: serde_json::Value = serde_json::from_str(text)?;
+impl JsonConfig for ClipTextConfig {
+    /// A `CLIPTextConfig`, or a whole `CLIPConfig` (its `text_config`).
+    fn from_value(value: serde_json::Value) -> Result<Self, String> {
         let text_config = value.get("text_config").cloned().unwrap_or(value);
-        serde_json::from_value(text_config)
-    }
-
-    /// [`from_json`](Self::from_json) of a file, with its shape checked.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config = Self::from_json(&text).map_err(|source| Error::Json { path: path.to_path_buf(), source })?;
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
-            return Err(Error::Config {
-                path: path.to_path_buf(),
-                message: format!(
-                    "hidden_size {} is not divisible by num_attention_heads {}",
-                    config.hidden_size, config.num_attention_heads
-                ),
-            });
-        }
+        let config: Self = serde_json::from_value(text_config).map_err(|e| e.to_string())?;
+        config.validate()?;
         Ok(config)
     }
 
+    fn validate(&self) -> Result<(), String> {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ClipTextConfig {
     /// How transformers picks the pooled position for this config.
     pub fn eos_pooling(&self) -> EosPooling {
         // Configs written before transformers PR #24773 (SD1.5's among them)
@@ -163,7 +154,10 @@ impl EosPooling {
             .map(|row| match self {
                 // The first of equal maxima, as torch.argmax.
                 EosPooling::HighestId => {
-                    row.iter().enumerate().fold((0, i64::MIN), |best, (i, &id)| if id > best.1 { (i, id) } else { best }).0
+                    row.iter()
+                        .enumerate()
+                        .fold((0, i64::MIN), |best, (i, &id)| if id > best.1 { (i, id) } else { best })
+                        .0
                 }
                 EosPooling::FirstId(eos) => row.iter().position(|&id| id == eos).unwrap_or(0),
             })

@@ -1,7 +1,7 @@
 //! Timestep embeddings, as diffusers' `Timesteps` and `TimestepEmbedding`.
 
-use burn::module::Module;
 use crate::nn::{Linear, LinearConfig};
+use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 

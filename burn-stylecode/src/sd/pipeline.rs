@@ -2,7 +2,8 @@
 //! denoising loop with classifier-free guidance → VAE decode.
 //!
 //! The loop takes the noise prediction as a closure, so the same loop runs
-//! the plain UNet and the style-controlled one.
+//! the plain UNet and a hooked one (the style control branch lives in
+//! `crate::style`; this module knows nothing about styles).
 
 use super::clip::ClipTextTransformer;
 use super::schedulers::{build_scheduler, SchedulerConfig, SchedulerKind};
@@ -10,14 +11,13 @@ use super::tokenizer::ClipTokenizer;
 use super::unet_2d::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
 use crate::error::{Error, Result};
-use crate::style_control::{mid_grid, StyleCodes};
-use crate::weights::loader::{load_clip_text, load_unet, load_vae};
-use crate::weights::safetensors::TensorFile;
+use crate::weights::JsonConfig;
 use burn::prelude::*;
 use burn::tensor::DType;
 use image::RgbImage;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::ops::ControlFlow;
 use std::path::Path;
 
 /// What to generate, besides the prompts.
@@ -44,19 +44,20 @@ impl Settings {
     pub fn validate(&self) -> Result<()> {
         for (name, value) in [("width", self.width), ("height", self.height)] {
             if value == 0 || value % 8 != 0 {
-                return Err(Error::Other(format!("{name} {value} is not a positive multiple of 8")));
+                return Err(Error::InvalidRequest(format!("{name} {value} is not a positive multiple of 8")));
             }
         }
         if self.steps == 0 {
-            return Err(Error::Other("steps must be at least 1".into()));
+            return Err(Error::InvalidRequest("steps must be at least 1".into()));
         }
         if !self.guidance_scale.is_finite() {
-            return Err(Error::Other(format!("guidance scale {} is not a number", self.guidance_scale)));
+            return Err(Error::InvalidRequest(format!("guidance scale {} is not a number", self.guidance_scale)));
         }
         Ok(())
     }
 
-    fn guided(&self) -> bool {
+    /// Whether classifier-free guidance runs (an unconditional half in every batch).
+    pub fn guided(&self) -> bool {
         self.guidance_scale > 1.0
     }
 }
@@ -104,22 +105,15 @@ impl<B: Backend> StableDiffusion<B> {
     /// Loads `unet/`, `vae/`, `text_encoder/`, `tokenizer/` and
     /// `scheduler/` from a diffusers SD1.5 folder.
     pub fn load(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self> {
-        let file = |sub: &str, name: &str| TensorFile::open(dir.join(sub).join(name));
-        let config = |sub: &str, name: &str| -> Result<String> {
-            let path = dir.join(sub).join(name);
-            std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))
-        };
-        let bad_config = |sub: &str, message: String| Error::Config { path: dir.join(sub).join("config.json"), message };
-
-        let tokenizer = ClipTokenizer::from_dir(dir.join("tokenizer"))?;
-        let clip_config = super::clip::ClipTextConfig::from_file(dir.join("text_encoder").join("config.json"))?;
-        let text_encoder = load_clip_text(&clip_config, &file("text_encoder", "model.safetensors")?, dtype, device)?;
-        let unet_config = super::unet_2d::UNetConfig::from_json(&config("unet", "config.json")?).map_err(|m| bad_config("unet", m))?;
-        let unet = load_unet(&unet_config, &file("unet", "diffusion_pytorch_model.safetensors")?, dtype, device)?;
-        let vae_config = super::vae::VaeConfig::from_json(&config("vae", "config.json")?).map_err(|m| bad_config("vae", m))?;
-        let vae = load_vae(&vae_config, &file("vae", "diffusion_pytorch_model.safetensors")?, dtype, device)?;
-        let scheduler_config = SchedulerConfig::load(dir.join("scheduler").join("scheduler_config.json"))?;
-        Ok(Self { tokenizer, text_encoder, unet, vae, scheduler_config, dtype, device: device.clone() })
+        Ok(Self {
+            tokenizer: ClipTokenizer::from_dir(dir.join("tokenizer"))?,
+            text_encoder: ClipTextTransformer::from_dir(&dir.join("text_encoder"), dtype, device)?,
+            unet: UNet2DConditionModel::from_diffusers_dir(&dir.join("unet"), dtype, device)?,
+            vae: AutoencoderKL::from_diffusers_dir(&dir.join("vae"), dtype, device)?,
+            scheduler_config: SchedulerConfig::from_file(&dir.join("scheduler").join("scheduler_config.json"))?,
+            dtype,
+            device: device.clone(),
+        })
     }
 
     pub fn device(&self) -> &B::Device {
@@ -154,9 +148,15 @@ impl<B: Backend> StableDiffusion<B> {
         1 << self.vae.decoder.up_blocks.iter().filter(|block| block.upsampler.is_some()).count()
     }
 
-    fn latent_shape(&self, batch: usize, settings: &Settings) -> [usize; 4] {
+    /// [height, width] of the diffusion latents for `settings`.
+    pub fn latent_size(&self, settings: &Settings) -> [usize; 2] {
         let factor = self.vae_scale_factor();
-        [batch, self.unet.conv_in.weight.dims()[1], settings.height / factor, settings.width / factor]
+        [settings.height / factor, settings.width / factor]
+    }
+
+    fn latent_shape(&self, batch: usize, settings: &Settings) -> [usize; 4] {
+        let [height, width] = self.latent_size(settings);
+        [batch, self.unet.conv_in.weight.dims()[1], height, width]
     }
 
     fn tensor(&self, values: Vec<f32>, shape: [usize; 4]) -> Tensor<B, 4> {
@@ -167,7 +167,8 @@ impl<B: Backend> StableDiffusion<B> {
     /// timestep, context)` returns the noise prediction for a batch laid out
     /// like `context` ([cond; uncond] with guidance). `sources` give
     /// stochastic schedulers their per-step noise; `on_step(done, total)`
-    /// reports progress.
+    /// reports progress after each step and may stop the loop there
+    /// ([`Error::Cancelled`]).
     pub fn denoise(
         &self,
         noise: Tensor<B, 4>,
@@ -175,10 +176,11 @@ impl<B: Backend> StableDiffusion<B> {
         settings: &Settings,
         sources: &mut [NoiseSource],
         mut predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
-        mut on_step: impl FnMut(usize, usize),
+        mut on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor<B, 4>> {
-        let mut scheduler = build_scheduler::<B>(settings.scheduler, &self.scheduler_config, settings.steps, settings.karras)
-            .map_err(|e| Error::Other(e.to_string()))?;
+        let mut scheduler =
+            build_scheduler::<B>(settings.scheduler, &self.scheduler_config, settings.steps, settings.karras)
+                .map_err(|e| Error::InvalidRequest(e.to_string()))?;
         let timesteps = scheduler.timesteps().to_vec();
         let mut latents = noise * scheduler.init_noise_sigma();
         let [batch, c, h, w] = latents.dims();
@@ -199,7 +201,9 @@ impl<B: Backend> StableDiffusion<B> {
             let step_noise = (settings.scheduler == SchedulerKind::EulerAncestral)
                 .then(|| self.tensor(sources.iter_mut().flat_map(|s| s.normal(c * h * w)).collect(), [batch, c, h, w]));
             latents = scheduler.step(prediction, index, latents, step_noise);
-            on_step(index + 1, timesteps.len());
+            if on_step(index + 1, timesteps.len()).is_break() {
+                return Err(Error::Cancelled);
+            }
         }
         Ok(latents)
     }
@@ -215,7 +219,7 @@ impl<B: Backend> StableDiffusion<B> {
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
-            .map_err(|e| Error::Other(format!("reading the image back: {e:?}")))?;
+            .map_err(|e| Error::ReadBack { what: "the image", message: format!("{e:?}") })?;
         let plane = height * width * 3;
         Ok((0..batch)
             .map(|b| {
@@ -225,35 +229,35 @@ impl<B: Backend> StableDiffusion<B> {
             .collect())
     }
 
-    /// Prompts (with their negatives) → images. Image `k` uses `seeds[k]`;
-    /// with a `style`, the control module steers every step (both guidance
-    /// halves get the style; guidance is on text only).
+    /// Prompts (with their negatives) → images with the plain UNet. Image
+    /// `k` uses `seeds[k]`.
     pub fn generate(
         &self,
         prompts: &[String],
         negatives: &[String],
         seeds: &[u64],
         settings: &Settings,
-        style: Option<&StyleCondition<'_, B>>,
-        on_step: impl FnMut(usize, usize),
+        on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Vec<RgbImage>> {
-        let latents = self.generate_latents(prompts, negatives, seeds, settings, style, on_step)?;
+        let predict = |x, t, ctx| self.unet.forward(x, t, ctx);
+        let latents = self.generate_latents(prompts, negatives, seeds, settings, predict, on_step)?;
         self.decode(latents)
     }
 
-    /// [`generate`](Self::generate) up to the final latents, before the VAE.
+    /// The whole loop up to the final latents, before the VAE, with `predict`
+    /// as the noise prediction (see [`denoise`](Self::denoise)).
     pub fn generate_latents(
         &self,
         prompts: &[String],
         negatives: &[String],
         seeds: &[u64],
         settings: &Settings,
-        style: Option<&StyleCondition<'_, B>>,
-        on_step: impl FnMut(usize, usize),
+        predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
+        on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor<B, 4>> {
         settings.validate()?;
         if negatives.len() != prompts.len() || seeds.len() != prompts.len() {
-            return Err(Error::Other(format!(
+            return Err(Error::InvalidRequest(format!(
                 "{} prompts, {} negative prompts and {} seeds: give one of each per image",
                 prompts.len(),
                 negatives.len(),
@@ -263,47 +267,6 @@ impl<B: Backend> StableDiffusion<B> {
         let mut sources: Vec<NoiseSource> = seeds.iter().map(|&s| NoiseSource::new(s)).collect();
         let noise = self.initial_noise(&mut sources, settings);
         let context = self.text_context(prompts, negatives, settings)?;
-        self.run(noise, &context, settings, &mut sources, style, on_step)
+        self.denoise(noise, &context, settings, &mut sources, predict, on_step)
     }
-
-    /// The denoising loop with the plain or the style-controlled UNet.
-    pub fn run(
-        &self,
-        noise: Tensor<B, 4>,
-        context: &Tensor<B, 3>,
-        settings: &Settings,
-        sources: &mut [NoiseSource],
-        style: Option<&StyleCondition<'_, B>>,
-        on_step: impl FnMut(usize, usize),
-    ) -> Result<Tensor<B, 4>> {
-        let Some(style) = style else {
-            return self.denoise(noise, context, settings, sources, |x, t, ctx| self.unet.forward(x, t, ctx), on_step);
-        };
-        let [batch, _, height, width] = noise.dims();
-        let [codes, _] = style.latents.dims();
-        if codes != batch {
-            return Err(Error::Other(format!("{codes} style codes for {batch} images: give one per image")));
-        }
-        // Decoded once: the style does not change between steps.
-        let features = style.codes.features(style.latents.clone(), mid_grid(&self.unet, [height, width]));
-        let features = if settings.guided() { Tensor::cat(vec![features.clone(), features], 0) } else { features };
-        let control = &style.codes.control;
-        self.denoise(
-            noise,
-            context,
-            settings,
-            sources,
-            |x, t, ctx| control.forward(&self.unet, x, t, ctx, features.clone(), style.scale),
-            on_step,
-        )
-    }
-}
-
-/// How stylecodes steer a generation.
-pub struct StyleCondition<'a, B: Backend> {
-    pub codes: &'a StyleCodes<B>,
-    /// Dequantised code latents [B, 20], one per image.
-    pub latents: Tensor<B, 2>,
-    /// Conditioning scale `s` in 0..=1 (0 leaves the base untouched).
-    pub scale: f64,
 }

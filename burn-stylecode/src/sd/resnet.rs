@@ -1,9 +1,9 @@
 //! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D`.
 
+use crate::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, PaddingConfig2d};
-use crate::nn::{Linear, LinearConfig, GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 

@@ -28,8 +28,8 @@ use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::{
-    AddedToken, PaddingDirection, PaddingParams, PaddingStrategy, SplitDelimiterBehavior, Tokenizer, TruncationDirection,
-    TruncationParams, TruncationStrategy,
+    AddedToken, PaddingDirection, PaddingParams, PaddingStrategy, SplitDelimiterBehavior, Tokenizer,
+    TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
 /// CLIP's context length, and SD1.5's `model_max_length`.
@@ -141,8 +141,10 @@ impl ClipTokenizer {
         let config = ClipTokenizerConfig::from_dir(dir)?;
         let tokenizer_json = dir.join("tokenizer.json");
         if tokenizer_json.is_file() {
-            let tokenizer = Tokenizer::from_file(&tokenizer_json)
-                .map_err(|e| Error::Config { path: tokenizer_json.clone(), message: format!("cannot read tokenizer: {e}") })?;
+            let tokenizer = Tokenizer::from_file(&tokenizer_json).map_err(|e| Error::Config {
+                path: tokenizer_json.clone(),
+                message: format!("cannot read tokenizer: {e}"),
+            })?;
             Self::with_config(tokenizer, &config, &tokenizer_json)
         } else {
             Self::from_vocab_and_merges(&dir.join("vocab.json"), &dir.join("merges.txt"), &config)
@@ -162,10 +164,13 @@ impl ClipTokenizer {
             .end_of_word_suffix("</w>".into())
             .fuse_unk(false)
             .build()
-            .map_err(|e| Error::Config { path: merges_path.to_path_buf(), message: format!("invalid BPE model: {e}") })?;
+            .map_err(|e| Error::Config {
+                path: merges_path.to_path_buf(),
+                message: format!("invalid BPE model: {e}"),
+            })?;
 
         let mut tokenizer = Tokenizer::new(model);
-        let config_error = |e: tokenizers::Error| Error::Other(format!("building the CLIP tokenizer: {e}"));
+        let config_error = |e: tokenizers::Error| Error::Tokenizer(format!("building it: {e}"));
         let whitespace = Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
             .map_err(config_error)?;
         tokenizer.with_normalizer(Some(NormalizerSequence::new(vec![NFC.into(), whitespace.into(), Lowercase.into()])));
@@ -202,9 +207,12 @@ impl ClipTokenizer {
             .collect();
         tokenizer.add_special_tokens(&special);
         tokenizer.with_post_processor(Some(
-            RobertaProcessing::new((config.eos_token.content.clone(), eos_id), (config.bos_token.content.clone(), bos_id))
-                .trim_offsets(false)
-                .add_prefix_space(false),
+            RobertaProcessing::new(
+                (config.eos_token.content.clone(), eos_id),
+                (config.bos_token.content.clone(), bos_id),
+            )
+            .trim_offsets(false)
+            .add_prefix_space(false),
         ));
         let max_length = config.model_max_length;
         tokenizer
@@ -214,7 +222,10 @@ impl ClipTokenizer {
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
             }))
-            .map_err(|e| Error::Config { path: source.to_path_buf(), message: format!("truncation to {max_length}: {e}") })?;
+            .map_err(|e| Error::Config {
+                path: source.to_path_buf(),
+                message: format!("truncation to {max_length}: {e}"),
+            })?;
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::Fixed(max_length),
             direction: PaddingDirection::Right,
@@ -228,10 +239,8 @@ impl ClipTokenizer {
 
     /// `max_length` ids: BOS, the prompt's tokens (truncated), EOS, then padding.
     pub fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .tokenizer
-            .encode(prompt, true)
-            .map_err(|e| Error::Other(format!("tokenizing {prompt:?}: {e}")))?;
+        let encoding =
+            self.tokenizer.encode(prompt, true).map_err(|e| Error::Tokenizer(format!("tokenizing {prompt:?}: {e}")))?;
         Ok(encoding.get_ids().to_vec())
     }
 

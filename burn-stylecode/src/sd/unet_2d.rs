@@ -18,9 +18,11 @@ use super::unet_2d_blocks::{
     CrossAttentionConfig, DownBlock2D, DownBlock2DConfig, DownSubBlocks, MidBlock2DCrossAttn,
     MidBlock2DCrossAttnConfig, ResnetSettings, UpBlock2D, UpBlock2DConfig, UpSubBlocks,
 };
+use super::unet_hook::{HookInputs, NoHook, UNetHook, UpStep};
+use crate::nn::{GroupNorm, GroupNormConfig};
+use crate::weights::JsonConfig;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::Conv2d;
-use crate::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::Deserialize;
@@ -199,98 +201,6 @@ impl UNetConfig {
         Self { cross_attention_dim: PerBlock::One(768), ..Self::default() }
     }
 
-    /// Parses a diffusers `config.json` and [validates](Self::validate) it.
-    pub fn from_json(text: &str) -> Result<Self, String> {
-        let config: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Errors naming each setting this implementation does not support.
-    pub fn validate(&self) -> Result<(), String> {
-        let mut problems = Vec::new();
-        let mut reject = |bad: bool, what: String| {
-            if bad {
-                problems.push(what);
-            }
-        };
-        let n = self.block_out_channels.len();
-        reject(n == 0, "block_out_channels is empty".into());
-        reject(
-            self.down_block_types.len() != n || self.up_block_types.len() != n,
-            format!(
-                "{} down and {} up block types for {n} block_out_channels",
-                self.down_block_types.len(),
-                self.up_block_types.len()
-            ),
-        );
-        for (name, ok) in [
-            ("only_cross_attention", self.only_cross_attention.len_ok(n)),
-            ("layers_per_block", self.layers_per_block.len_ok(n)),
-            ("cross_attention_dim", self.cross_attention_dim.len_ok(n)),
-            ("transformer_layers_per_block", self.transformer_layers_per_block.len_ok(n)),
-            ("attention_head_dim", self.attention_head_dim.len_ok(n)),
-        ] {
-            reject(!ok, format!("{name} has not one value per block ({n})"));
-        }
-        reject(self.mid_block_type.is_none(), "mid_block_type null (a UNet without a mid block)".into());
-        reject(self.norm_num_groups.is_none(), "norm_num_groups null".into());
-        let set = |name: &str, value: &Option<serde_json::Value>| {
-            (
-                value.as_ref().is_some_and(|v| !v.is_null()),
-                format!("{name} = {}", value.as_ref().map_or(String::new(), |v| v.to_string())),
-            )
-        };
-        for (bad, what) in [
-            set("reverse_transformer_layers_per_block", &self.reverse_transformer_layers_per_block),
-            set("encoder_hid_dim", &self.encoder_hid_dim),
-            set("encoder_hid_dim_type", &self.encoder_hid_dim_type),
-            set("num_attention_heads", &self.num_attention_heads),
-            set("class_embed_type", &self.class_embed_type),
-            set("addition_embed_type", &self.addition_embed_type),
-            set("num_class_embeds", &self.num_class_embeds),
-            set("time_embedding_act_fn", &self.time_embedding_act_fn),
-            set("timestep_post_act", &self.timestep_post_act),
-            set("time_cond_proj_dim", &self.time_cond_proj_dim),
-            set("cross_attention_norm", &self.cross_attention_norm),
-        ] {
-            reject(bad, what);
-        }
-        let any_only_cross = (0..n).any(|i| self.only_cross_attention.len_ok(n) && self.only_cross_attention.get(i));
-        reject(any_only_cross, "only_cross_attention = true".into());
-        reject(self.mid_block_only_cross_attention == Some(true), "mid_block_only_cross_attention = true".into());
-        reject(self.dual_cross_attention, "dual_cross_attention = true".into());
-        reject(self.class_embeddings_concat, "class_embeddings_concat = true".into());
-        reject(self.resnet_skip_time_act, "resnet_skip_time_act = true".into());
-        reject(
-            self.resnet_time_scale_shift != "default",
-            format!("resnet_time_scale_shift = {:?}", self.resnet_time_scale_shift),
-        );
-        reject(
-            self.time_embedding_type != "positional",
-            format!("time_embedding_type = {:?}", self.time_embedding_type),
-        );
-        reject(self.attention_type != "default", format!("attention_type = {:?}", self.attention_type));
-        reject(self.conv_in_kernel.is_multiple_of(2), format!("conv_in_kernel = {} (even)", self.conv_in_kernel));
-        reject(self.conv_out_kernel.is_multiple_of(2), format!("conv_out_kernel = {} (even)", self.conv_out_kernel));
-        let groups = self.norm_num_groups.unwrap_or(1);
-        for (i, &c) in self.block_out_channels.iter().enumerate() {
-            reject(
-                groups == 0 || !c.is_multiple_of(groups),
-                format!("block_out_channels[{i}] = {c} is not divisible by norm_num_groups {groups}"),
-            );
-            if self.attention_head_dim.len_ok(n) {
-                let heads = self.attention_head_dim.get(i);
-                reject(heads == 0 || !c.is_multiple_of(heads), format!("block_out_channels[{i}] = {c} is not divisible by attention_head_dim {heads} (the number of heads)"));
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("unsupported UNet setting(s): {}", problems.join(", ")))
-        }
-    }
-
     fn groups(&self) -> usize {
         self.norm_num_groups.unwrap_or(32)
     }
@@ -388,6 +298,96 @@ impl UNetConfig {
             conv_norm_out: GroupNormConfig::new(self.groups(), c0).with_epsilon(self.norm_eps).init(device),
             conv_out: conv_same(c0, self.out_channels, self.conv_out_kernel, device),
             center_input_sample: self.center_input_sample,
+        }
+    }
+}
+
+impl JsonConfig for UNetConfig {
+    /// Errors naming each setting this implementation does not support.
+    fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        let mut reject = |bad: bool, what: String| {
+            if bad {
+                problems.push(what);
+            }
+        };
+        let n = self.block_out_channels.len();
+        reject(n == 0, "block_out_channels is empty".into());
+        reject(
+            self.down_block_types.len() != n || self.up_block_types.len() != n,
+            format!(
+                "{} down and {} up block types for {n} block_out_channels",
+                self.down_block_types.len(),
+                self.up_block_types.len()
+            ),
+        );
+        for (name, ok) in [
+            ("only_cross_attention", self.only_cross_attention.len_ok(n)),
+            ("layers_per_block", self.layers_per_block.len_ok(n)),
+            ("cross_attention_dim", self.cross_attention_dim.len_ok(n)),
+            ("transformer_layers_per_block", self.transformer_layers_per_block.len_ok(n)),
+            ("attention_head_dim", self.attention_head_dim.len_ok(n)),
+        ] {
+            reject(!ok, format!("{name} has not one value per block ({n})"));
+        }
+        reject(self.mid_block_type.is_none(), "mid_block_type null (a UNet without a mid block)".into());
+        reject(self.norm_num_groups.is_none(), "norm_num_groups null".into());
+        let set = |name: &str, value: &Option<serde_json::Value>| {
+            (
+                value.as_ref().is_some_and(|v| !v.is_null()),
+                format!("{name} = {}", value.as_ref().map_or(String::new(), |v| v.to_string())),
+            )
+        };
+        for (bad, what) in [
+            set("reverse_transformer_layers_per_block", &self.reverse_transformer_layers_per_block),
+            set("encoder_hid_dim", &self.encoder_hid_dim),
+            set("encoder_hid_dim_type", &self.encoder_hid_dim_type),
+            set("num_attention_heads", &self.num_attention_heads),
+            set("class_embed_type", &self.class_embed_type),
+            set("addition_embed_type", &self.addition_embed_type),
+            set("num_class_embeds", &self.num_class_embeds),
+            set("time_embedding_act_fn", &self.time_embedding_act_fn),
+            set("timestep_post_act", &self.timestep_post_act),
+            set("time_cond_proj_dim", &self.time_cond_proj_dim),
+            set("cross_attention_norm", &self.cross_attention_norm),
+        ] {
+            reject(bad, what);
+        }
+        let any_only_cross = (0..n).any(|i| self.only_cross_attention.len_ok(n) && self.only_cross_attention.get(i));
+        reject(any_only_cross, "only_cross_attention = true".into());
+        reject(self.mid_block_only_cross_attention == Some(true), "mid_block_only_cross_attention = true".into());
+        reject(self.dual_cross_attention, "dual_cross_attention = true".into());
+        reject(self.class_embeddings_concat, "class_embeddings_concat = true".into());
+        reject(self.resnet_skip_time_act, "resnet_skip_time_act = true".into());
+        reject(
+            self.resnet_time_scale_shift != "default",
+            format!("resnet_time_scale_shift = {:?}", self.resnet_time_scale_shift),
+        );
+        reject(
+            self.time_embedding_type != "positional",
+            format!("time_embedding_type = {:?}", self.time_embedding_type),
+        );
+        reject(self.attention_type != "default", format!("attention_type = {:?}", self.attention_type));
+        reject(self.conv_in_kernel.is_multiple_of(2), format!("conv_in_kernel = {} (even)", self.conv_in_kernel));
+        reject(self.conv_out_kernel.is_multiple_of(2), format!("conv_out_kernel = {} (even)", self.conv_out_kernel));
+        let groups = self.norm_num_groups.unwrap_or(1);
+        for (i, &c) in self.block_out_channels.iter().enumerate() {
+            reject(
+                groups == 0 || !c.is_multiple_of(groups),
+                format!("block_out_channels[{i}] = {c} is not divisible by norm_num_groups {groups}"),
+            );
+            if self.attention_head_dim.len_ok(n) {
+                let heads = self.attention_head_dim.get(i);
+                let what = format!(
+                    "block_out_channels[{i}] = {c} is not divisible by attention_head_dim {heads} (the number of heads)"
+                );
+                reject(heads == 0 || !c.is_multiple_of(heads), what);
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("unsupported UNet setting(s): {}", problems.join(", ")))
         }
     }
 }
@@ -490,31 +490,20 @@ impl<B: Backend> UNet2DConditionModel<B> {
     /// `[1]` for the whole batch) given the text `context` [B, L, D].
     /// Any H, W ≥ 1 works: upsamplers scale to the skips' sizes.
     pub fn forward(&self, sample: Tensor<B, 4>, timesteps: Tensor<B, 1>, context: Tensor<B, 3>) -> Tensor<B, 4> {
-        self.run(sample, timesteps, &context, None)
+        self.forward_with_hook(sample, timesteps, &context, &mut NoHook)
     }
 
-    /// [`forward`](Self::forward) with ControlNet-style residuals: one per
-    /// skip (`down_residuals`, in skip order, shaped like the skips) added to
-    /// the skips, and `mid_residual` added to the mid block's output.
-    pub fn forward_with_residuals(
-        &self,
-        sample: Tensor<B, 4>,
-        timesteps: Tensor<B, 1>,
-        context: Tensor<B, 3>,
-        down_residuals: &[Tensor<B, 4>],
-        mid_residual: Tensor<B, 4>,
-    ) -> Tensor<B, 4> {
-        self.run(sample, timesteps, &context, Some((down_residuals, mid_residual)))
-    }
-
-    fn run(
+    /// [`forward`](Self::forward) with `hook` called at each skip, after the
+    /// mid block and after each up sub-block (see [`UNetHook`]).
+    pub fn forward_with_hook(
         &self,
         sample: Tensor<B, 4>,
         timesteps: Tensor<B, 1>,
         context: &Tensor<B, 3>,
-        residuals: Option<(&[Tensor<B, 4>], Tensor<B, 4>)>,
+        hook: &mut impl UNetHook<B>,
     ) -> Tensor<B, 4> {
         let temb = self.batch_time_embedding(timesteps, sample.dims()[0]);
+        let inputs = HookInputs { temb: &temb, context };
         let mut h = self.conv_in(sample);
         let mut skips = Vec::with_capacity(self.down_sub_block_count() + 1);
         skips.push(h.clone());
@@ -522,19 +511,14 @@ impl<B: Backend> UNet2DConditionModel<B> {
             h = self.down_sub_block(i, h, &temb, context);
             skips.push(h.clone());
         }
-        h = self.mid_block(h, &temb, context);
-        if let Some((down_residuals, mid_residual)) = residuals {
-            assert_eq!(down_residuals.len(), skips.len(), "one down residual per skip");
-            skips = skips.into_iter().zip(down_residuals).map(|(skip, r)| skip + r.clone()).collect();
-            h = h + mid_residual;
-        }
-        for i in 0..self.up_sub_block_count() {
+        let skips: Vec<_> = skips.into_iter().enumerate().map(|(i, skip)| hook.skip(i, skip)).collect();
+        h = hook.after_mid(self.mid_block(h, &temb, context), &inputs);
+        let mut skips = skips;
+        for index in 0..self.up_sub_block_count() {
             let skip = skips.pop().expect("one skip per up sub-block");
-            let upsample_to = skips.last().map(|next| {
-                let [_, _, height, width] = next.dims();
-                [height, width]
-            });
-            h = self.up_sub_block(i, Tensor::cat(vec![h, skip], 1), &temb, context, upsample_to);
+            let step = UpStep { index, skip_dims: skip.dims(), upsample_to: skips.last().map(|next| spatial(next)) };
+            h = self.up_sub_block(index, Tensor::cat(vec![h, skip], 1), &temb, context, step.upsample_to);
+            h = hook.after_up(step, h, &inputs);
         }
         self.head(h)
     }
@@ -557,6 +541,12 @@ impl<B: Backend> UNet2DConditionModel<B> {
     pub fn param_count(&self) -> usize {
         count_params::<B, _>(self)
     }
+}
+
+/// [H, W] of an image tensor.
+fn spatial<B: Backend>(image: &Tensor<B, 4>) -> [usize; 2] {
+    let [_, _, height, width] = image.dims();
+    [height, width]
 }
 
 /// Number of float parameters of `module`, read from their shapes: lazily

@@ -5,9 +5,10 @@ use super::unet_2d::ActFn;
 use super::unet_2d_blocks::{
     DownBlock2D, DownBlock2DConfig, ResnetSettings, UNetMidBlock2D, UNetMidBlock2DConfig, UpBlock2D, UpBlock2DConfig,
 };
+use crate::nn::{GroupNorm, GroupNormConfig};
+use crate::weights::JsonConfig;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use crate::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::Deserialize;
@@ -81,16 +82,11 @@ impl VaeConfig {
             ..Self::default()
         }
     }
+}
 
-    /// Parses a diffusers `config.json` and [validates](Self::validate) it.
-    pub fn from_json(text: &str) -> Result<Self, String> {
-        let config: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        config.validate()?;
-        Ok(config)
-    }
-
+impl JsonConfig for VaeConfig {
     /// Errors naming what does not fit together.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         let n = self.block_out_channels.len();
         if n == 0 {
             return Err("block_out_channels is empty".into());
@@ -111,7 +107,9 @@ impl VaeConfig {
         }
         Ok(())
     }
+}
 
+impl VaeConfig {
     fn resnet(&self) -> ResnetSettings {
         ResnetSettings::new(self.norm_num_groups, VAE_NORM_EPS)
     }

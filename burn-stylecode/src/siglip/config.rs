@@ -1,3 +1,4 @@
+use crate::weights::JsonConfig;
 use serde::Deserialize;
 
 /// transformers' `SiglipVisionConfig`; defaults are transformers' defaults,
@@ -35,15 +36,33 @@ impl Default for SiglipVisionConfig {
     }
 }
 
-impl SiglipVisionConfig {
-    /// Reads a `config.json`: either a whole `SiglipConfig` (with a
-    /// `vision_config` object) or a bare `SiglipVisionConfig`.
-    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        let value: serde_json::Value = serde_json::from_str(text)?;
+impl JsonConfig for SiglipVisionConfig {
+    /// A whole `SiglipConfig` (its `vision_config`) or a bare `SiglipVisionConfig`.
+    fn from_value(value: serde_json::Value) -> Result<Self, String> {
         let vision = value.get("vision_config").cloned().unwrap_or(value);
-        serde_json::from_value(vision)
+        let config: Self = serde_json::from_value(vision).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
     }
 
+    fn validate(&self) -> Result<(), String> {
+        if self.hidden_act != "gelu_pytorch_tanh" {
+            return Err(format!("hidden_act `{}` is not supported (SigLIP uses `gelu_pytorch_tanh`)", self.hidden_act));
+        }
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+            return Err(format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size));
+        }
+        Ok(())
+    }
+}
+
+impl SiglipVisionConfig {
     /// Number of patch tokens.
     pub fn num_patches(&self) -> usize {
         (self.image_size / self.patch_size).pow(2)

@@ -1,8 +1,8 @@
+use crate::nn::image_to_tokens;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::prelude::*;
-use crate::nn::image_to_tokens;
 
 #[derive(Config, Debug)]
 pub struct SiglipEmbeddingsConfig {
@@ -43,7 +43,8 @@ impl<B: Backend> SiglipEmbeddings<B> {
         assert_eq!(
             num_positions,
             gh * gw,
-            "image gives {gh}x{gw} patches but the model has {num_positions} position embeddings: resize to the configured image size"
+            "image gives {gh}x{gw} patches but the model has {num_positions} position embeddings: \
+             resize to the configured image size"
         );
         tokens + positions.val().unsqueeze::<3>()
     }

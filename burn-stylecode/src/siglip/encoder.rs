@@ -1,6 +1,6 @@
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
+use crate::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::module::Module;
-use crate::nn::{Linear, LinearConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu_approximate;
 

@@ -1,7 +1,7 @@
 use super::SiglipMlp;
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
-use burn::module::{Module, Param};
 use crate::nn::{LayerNorm, LayerNormConfig};
+use burn::module::{Module, Param};
 use burn::prelude::*;
 
 #[derive(Config, Debug)]
@@ -16,7 +16,11 @@ pub struct SiglipPoolingHeadConfig {
 impl SiglipPoolingHeadConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> SiglipPoolingHead<B> {
         SiglipPoolingHead {
-            probe: Param::from_tensor(Tensor::random([1, 1, self.hidden_size], burn::tensor::Distribution::Normal(0.0, 1.0), device)),
+            probe: Param::from_tensor(Tensor::random(
+                [1, 1, self.hidden_size],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                device,
+            )),
             attention: MultiHeadAttentionConfig::new(self.hidden_size, self.num_attention_heads).init(device),
             layernorm: LayerNormConfig::new(self.hidden_size).with_epsilon(self.layer_norm_eps).init(device),
             mlp: SiglipMlp::new(self.hidden_size, self.intermediate_size, device),

@@ -8,14 +8,16 @@ mod config;
 mod embeddings;
 mod encoder;
 mod head;
+mod keys;
+pub mod preprocess;
 
 pub use config::SiglipVisionConfig;
 pub use embeddings::{SiglipEmbeddings, SiglipEmbeddingsConfig};
 pub use encoder::{SiglipEncoderLayer, SiglipEncoderLayerConfig, SiglipMlp};
 pub use head::{SiglipPoolingHead, SiglipPoolingHeadConfig};
 
-use burn::module::Module;
 use crate::nn::{LayerNorm, LayerNormConfig};
+use burn::module::Module;
 use burn::prelude::*;
 
 /// Outputs of a full forward pass.
@@ -43,8 +45,13 @@ impl SiglipVisionConfig {
         let layer = SiglipEncoderLayerConfig::new(self.hidden_size, self.num_attention_heads, self.intermediate_size)
             .with_layer_norm_eps(self.layer_norm_eps);
         SiglipVisionTransformer {
-            embeddings: SiglipEmbeddingsConfig::new(self.num_channels, self.hidden_size, self.image_size, self.patch_size)
-                .init(device),
+            embeddings: SiglipEmbeddingsConfig::new(
+                self.num_channels,
+                self.hidden_size,
+                self.image_size,
+                self.patch_size,
+            )
+            .init(device),
             layers: (0..self.num_hidden_layers).map(|_| layer.init(device)).collect(),
             post_layernorm: LayerNormConfig::new(self.hidden_size).with_epsilon(self.layer_norm_eps).init(device),
             head: self.vision_use_head.then(|| {

@@ -80,10 +80,11 @@ impl TensorFile {
         let mut shape = info.shape.clone();
         let rows = shape.first().copied().unwrap_or(1);
         if parts == 0 || index >= parts || rows % parts != 0 {
-            return Err(Error::Other(format!(
-                "{}: `{key}` with shape {shape:?} cannot be split into {parts} row blocks",
-                self.path.display()
-            )));
+            return Err(Error::BadBuffer {
+                path: self.path.clone(),
+                key: key.to_string(),
+                message: format!("shape {shape:?} cannot be split into {parts} row blocks"),
+            });
         }
         let mut range = self.byte_range(info);
         let block = range.len() / parts;
@@ -105,7 +106,11 @@ impl TensorFile {
     /// The tensor's values as f32 (from F32, F16 or BF16 storage).
     pub fn read_f32(&self, key: &str) -> Result<Vec<f32>> {
         let data = self.read(key, DType::F32)?;
-        data.into_vec::<f32>().map_err(|e| Error::Other(format!("{}: `{key}`: {e:?}", self.path.display())))
+        data.into_vec::<f32>().map_err(|e| Error::BadBuffer {
+            path: self.path.clone(),
+            key: key.to_string(),
+            message: format!("{e:?}"),
+        })
     }
 
     fn info(&self, key: &str) -> Result<&TensorInfo> {
@@ -240,7 +245,8 @@ mod tests {
         let mut header = serde_json::Map::new();
         let mut offset = 0;
         for (name, dtype, shape, bytes) in tensors {
-            let entry = serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()] });
+            let entry =
+                serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()] });
             header.insert(name.to_string(), entry);
             offset += bytes.len();
         }

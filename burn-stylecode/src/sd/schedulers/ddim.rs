@@ -25,7 +25,7 @@ pub struct DdimScheduler {
 
 impl DdimScheduler {
     pub fn new(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Self, SchedulerError> {
-        config.validate()?;
+        config.check()?;
         check_steps(config, num_inference_steps)?;
         if config.thresholding {
             return Err(unsupported(SchedulerKind::Ddim, "thresholding", true));

@@ -38,7 +38,7 @@ pub struct DpmSolverMultistepScheduler<B: Backend> {
 
 impl<B: Backend> DpmSolverMultistepScheduler<B> {
     pub fn new(config: &SchedulerConfig, num_inference_steps: usize) -> Result<Self, SchedulerError> {
-        config.validate()?;
+        config.check()?;
         check_steps(config, num_inference_steps)?;
         for (field, set) in [
             ("thresholding", config.thresholding),

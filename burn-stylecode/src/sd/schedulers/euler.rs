@@ -24,7 +24,7 @@ pub(super) struct SigmaSchedule {
 
 impl SigmaSchedule {
     pub fn new(config: &SchedulerConfig, steps: usize, kind: SchedulerKind) -> Result<Self, SchedulerError> {
-        config.validate()?;
+        config.check()?;
         check_steps(config, steps)?;
         for (field, set) in
             [("use_exponential_sigmas", config.use_exponential_sigmas), ("use_beta_sigmas", config.use_beta_sigmas)]

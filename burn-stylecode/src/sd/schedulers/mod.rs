@@ -34,11 +34,10 @@ pub use dpm_solver_multistep::DpmSolverMultistepScheduler;
 pub use euler::EulerDiscreteScheduler;
 pub use euler_ancestral::EulerAncestralScheduler;
 
-use crate::error::Error;
+use crate::weights::JsonConfig;
 use burn::prelude::*;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
-use std::path::Path;
 use std::str::FromStr;
 
 /// One denoising algorithm over a fixed list of timesteps.
@@ -152,7 +151,7 @@ impl FromStr for SchedulerKind {
 /// ᾱ_t, the cumulative signal fraction of each training timestep (float32,
 /// as diffusers computes it).
 pub fn train_alphas_cumprod(config: &SchedulerConfig) -> Result<Vec<f32>, SchedulerError> {
-    config.validate()?;
+    config.check()?;
     schedule::alphas_cumprod(config, false)
 }
 
@@ -399,38 +398,8 @@ impl SchedulerConfig {
         }
     }
 
-    /// Parses and checks a `scheduler_config.json`.
-    pub fn from_json(text: &str) -> Result<Self, SchedulerError> {
-        let value: serde_json::Value = serde_json::from_str(&non_finite_as_null(text))?;
-        let config: Self = serde_json::from_value(value.clone()).map_err(|error| {
-            // serde does not say which field is at fault: find the first
-            // that fails on its own.
-            let mut fields = value.as_object().into_iter().flatten();
-            fields
-                .find_map(|(field, v)| {
-                    let alone = serde_json::Value::Object([(field.clone(), v.clone())].into_iter().collect());
-                    serde_json::from_value::<Self>(alone)
-                        .err()
-                        .map(|source| SchedulerError::BadField { field: field.clone(), source })
-                })
-                .unwrap_or(SchedulerError::Json(error))
-        })?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Reads a `scheduler_config.json`; errors name the file.
-    pub fn load(path: impl AsRef<Path>) -> crate::Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_json(&text).map_err(|e| match e {
-            SchedulerError::Json(source) => Error::Json { path: path.to_path_buf(), source },
-            other => Error::Config { path: path.to_path_buf(), message: other.to_string() },
-        })
-    }
-
     /// Checks the values every scheduler relies on.
-    pub fn validate(&self) -> Result<(), SchedulerError> {
+    pub fn check(&self) -> Result<(), SchedulerError> {
         if self.num_train_timesteps < 2 {
             return Err(invalid("num_train_timesteps", self.num_train_timesteps, "must be at least 2"));
         }
@@ -457,6 +426,38 @@ impl SchedulerConfig {
             return Err(invalid("solver_order", 0, "must be at least 1"));
         }
         schedule::betas(self).map(|_| ())
+    }
+}
+
+impl JsonConfig for SchedulerConfig {
+    fn validate(&self) -> Result<(), String> {
+        self.check().map_err(|e| e.to_string())
+    }
+
+    /// As diffusers writes them (`Infinity`, `NaN` allowed); a field of the
+    /// wrong type is named.
+    fn from_value(value: serde_json::Value) -> Result<Self, String> {
+        let config: Self = serde_json::from_value(value.clone()).map_err(|error| {
+            // serde does not say which field is at fault: find the first
+            // that fails on its own.
+            let mut fields = value.as_object().into_iter().flatten();
+            fields
+                .find_map(|(field, v)| {
+                    let alone = serde_json::Value::Object([(field.clone(), v.clone())].into_iter().collect());
+                    serde_json::from_value::<Self>(alone)
+                        .err()
+                        .map(|source| SchedulerError::BadField { field: field.clone(), source })
+                })
+                .unwrap_or(SchedulerError::Json(error))
+                .to_string()
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_json(text: &str) -> Result<Self, String> {
+        let value = serde_json::from_str(&non_finite_as_null(text)).map_err(|e| format!("invalid JSON: {e}"))?;
+        Self::from_value(value)
     }
 }
 

@@ -10,6 +10,7 @@
 //!
 //! Both carry the same 120 bits, so conversion is lossless.
 
+pub use crate::error::{BlendError, CodeError};
 use std::fmt;
 use std::str::FromStr;
 
@@ -57,26 +58,6 @@ impl FromStr for CodeFormat {
     }
 }
 
-/// Why a string is not a stylecode.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CodeError {
-    #[error(
-        "a stylecode has {PAPER_LEN} characters (paper form) or {OFFICIAL_LEN} (official form, \
-         `=` padding optional); `{code}` has {len}"
-    )]
-    Length { code: String, len: usize },
-    #[error("character {character:?} at position {position} of `{code}` is not a base64 symbol (A-Z a-z 0-9 + /)")]
-    Character { code: String, character: char, position: usize },
-    #[error("version character {character:?} at position {position} of `{code}` is not a known encoder version (expected a base64 symbol)")]
-    Version { code: String, character: char, position: usize },
-    #[error("byte {index} of official code `{code}` is {value}, over the 6-bit maximum 63")]
-    ValueRange { code: String, index: usize, value: u8 },
-    #[error("official code `{code}` has non-zero bits after the 20th byte (at position {position})")]
-    TrailingBits { code: String, position: usize },
-    #[error("value {value} at index {index} is over the 6-bit maximum 63")]
-    Value { index: usize, value: u8 },
-}
-
 /// A parsed stylecode: 20 quantised values in `0..=63` and the version of
 /// the weights that made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,11 +73,7 @@ impl StyleCode {
             return Err(CodeError::Value { index, value });
         }
         if symbol_index(version).is_none() {
-            return Err(CodeError::Version {
-                code: String::new(),
-                character: version,
-                position: CODE_LEN,
-            });
+            return Err(CodeError::Version { code: String::new(), character: version, position: CODE_LEN });
         }
         Ok(Self { values, version })
     }
@@ -240,6 +217,13 @@ pub struct WeightedCode {
     pub weight: f32,
 }
 
+impl From<StyleCode> for WeightedCode {
+    /// The code alone, weight 1.
+    fn from(code: StyleCode) -> Self {
+        Self { code, weight: 1.0 }
+    }
+}
+
 impl FromStr for WeightedCode {
     type Err = BlendError;
     fn from_str(text: &str) -> Result<Self, BlendError> {
@@ -255,21 +239,6 @@ impl FromStr for WeightedCode {
         }
         Ok(Self { code: StyleCode::parse(code)?.0, weight })
     }
-}
-
-/// Why codes cannot be blended.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum BlendError {
-    #[error(transparent)]
-    Code(#[from] CodeError),
-    #[error("`{text}`: the weight after `:` must be a non-negative number")]
-    Weight { text: String },
-    #[error("no codes to blend")]
-    Empty,
-    #[error("the weights add up to zero")]
-    ZeroWeight,
-    #[error("codes of different versions cannot be blended: `{first}` is version {first_version}, `{other}` is version {other_version}")]
-    Versions { first: String, first_version: char, other: String, other_version: char },
 }
 
 /// The weighted mean of the codes' dequantised latents, and their common version.
@@ -322,6 +291,11 @@ pub const SNAP: f32 = 1e-4;
 /// `q * 2/63 - 1`.
 pub fn dequantize(q: u8) -> f32 {
     f32::from(q) * 2.0 / f32::from(MAX_VALUE) - 1.0
+}
+
+/// Whether `c` can be a version character (a standard base64 symbol).
+pub fn is_version_char(c: char) -> bool {
+    symbol_index(c).is_some()
 }
 
 fn symbol_index(c: char) -> Option<u8> {

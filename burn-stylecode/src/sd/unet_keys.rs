@@ -1,7 +1,10 @@
-use super::{load_module, norm_names, KeyMap, Source};
+//! The UNet's key map: diffusers' `UNet2DConditionModel` names.
+
+use super::unet_2d::{UNet2DConditionModel, UNetConfig};
 use crate::error::{Error, Result};
-use crate::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
-use crate::weights::safetensors::TensorFile;
+use crate::weights::{
+    expected_tensors, load_module, norm_names, ExpectedTensor, JsonConfig, KeyMap, Source, TensorFile,
+};
 use burn::prelude::*;
 use burn::tensor::DType;
 use std::path::{Path, PathBuf};
@@ -17,19 +20,6 @@ pub fn diffusers_weights(folder: &Path) -> Result<PathBuf> {
     } else {
         Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")))
     }
-}
-
-/// Reads a diffusers `config.json` with `parse` (which also validates),
-/// naming the file in errors.
-pub(crate) fn read_diffusers_config<C>(folder: &Path, parse: impl Fn(&str) -> Result<C, String>) -> Result<C> {
-    let path = folder.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    parse(&text).map_err(|message| Error::Config { path, message })
-}
-
-/// The UNet's `config.json` in a diffusers `unet/` folder.
-pub fn read_unet_config(folder: &Path) -> Result<UNetConfig> {
-    read_diffusers_config(folder, UNetConfig::from_json)
 }
 
 /// diffusers' name of one of our UNet (or UNet block) parameters. Our
@@ -55,19 +45,37 @@ pub(crate) fn unet_key(path: &str) -> String {
     norm_names(&key.join("."))
 }
 
-/// A diffusers `UNet2DConditionModel` file (`diffusion_pytorch_model.safetensors`,
-/// unprefixed keys). Strict: every tensor must be used.
-pub fn load_unet<B: Backend>(
-    config: &UNetConfig,
-    file: &TensorFile,
-    dtype: DType,
-    device: &B::Device,
-) -> Result<UNet2DConditionModel<B>> {
-    config.validate().map_err(|message| Error::Config { path: file.path().to_path_buf(), message })?;
-    let source = |path: &str| Source::Tensor(unet_key(path));
-    let map =
-        KeyMap { module: "the UNet", prefix: String::new(), source: &source, in_scope: &|_| true, ignored: &|_| false };
-    load_module(config.init(device), file, &map, dtype)
+fn unet_source(path: &str) -> Source {
+    Source::Tensor(unet_key(path))
+}
+
+/// The UNet's map: diffusers names, unprefixed, every tensor used.
+fn key_map() -> KeyMap<'static> {
+    KeyMap { module: "the UNet", prefix: String::new(), source: &unet_source, in_scope: &|_| true, ignored: &|_| false }
+}
+
+impl<B: Backend> UNet2DConditionModel<B> {
+    /// A diffusers `unet/` folder: `config.json` and `diffusion_pytorch_model.safetensors`.
+    pub fn from_diffusers_dir(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self> {
+        let config = UNetConfig::from_file(&dir.join("config.json"))?;
+        Self::load(&config, &TensorFile::open(diffusers_weights(dir)?)?, dtype, device)
+    }
+
+    /// A diffusers `UNet2DConditionModel` file (unprefixed keys). Strict:
+    /// every tensor must be used.
+    pub fn load(config: &UNetConfig, file: &TensorFile, dtype: DType, device: &B::Device) -> Result<Self> {
+        config.validate().map_err(|message| Error::Config { path: file.path().to_path_buf(), message })?;
+        load_module(config.init(device), file, &key_map(), dtype)
+    }
+}
+
+impl UNetConfig {
+    /// The tensors [`UNet2DConditionModel::load`] reads, with their shapes
+    /// (nothing is allocated).
+    pub fn expected_tensors(&self) -> Result<Vec<ExpectedTensor>, String> {
+        self.validate()?;
+        Ok(expected_tensors(&self.init::<burn::backend::Flex>(&Default::default()), &key_map()))
+    }
 }
 
 #[cfg(test)]

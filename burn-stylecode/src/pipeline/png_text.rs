@@ -14,13 +14,20 @@ use std::path::Path;
 /// chunk per `(keyword, text)`.
 pub fn write_png(path: &Path, image: &RgbImage, text: &[(String, String)], overwrite: bool) -> Result<()> {
     if !overwrite && path.exists() {
-        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists (pass --overwrite to replace it)")));
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists (pass --overwrite to replace it)"),
+        ));
     }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut temp = tempfile::Builder::new().prefix(".stylecode-").suffix(".png.part").tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(".stylecode-")
+        .suffix(".png.part")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
     {
         let mut encoder = png::Encoder::new(BufWriter::new(temp.as_file_mut()), image.width(), image.height());
         encoder.set_color(png::ColorType::Rgb);

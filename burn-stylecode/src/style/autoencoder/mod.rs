@@ -7,13 +7,13 @@ mod positional;
 mod quantize;
 
 pub use decoder::{TransformerDecoderLayer, TransformerDecoderLayerConfig};
-pub(crate) use positional::sinusoidal_values;
 pub use positional::sinusoidal_table;
+pub(crate) use positional::sinusoidal_values;
 pub use quantize::{quantize_dequantize, straight_through};
 
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
+use crate::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::module::{Module, Param};
-use crate::nn::{Linear, LinearConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +38,7 @@ impl Default for AutoencoderConfig {
         Self {
             input_dim: 768,
             d_model: 512,
-            latent_dim: crate::code::CODE_LEN,
+            latent_dim: crate::style::code::CODE_LEN,
             num_heads: 4,
             num_encoder_layers: 3,
             num_decoder_layers: 2,
@@ -53,9 +53,10 @@ impl AutoencoderConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> AttentionAutoencoder<B> {
         let d = self.d_model;
         let attention = MultiHeadAttentionConfig::new(d, self.num_heads);
-        let decoder_layer = TransformerDecoderLayerConfig::new(d, self.num_heads, self.dim_feedforward)
-            .with_dropout(self.dropout);
-        let learned_token = || Param::from_tensor(Tensor::random([1, d], burn::tensor::Distribution::Normal(0.0, 1.0), device));
+        let decoder_layer =
+            TransformerDecoderLayerConfig::new(d, self.num_heads, self.dim_feedforward).with_dropout(self.dropout);
+        let learned_token =
+            || Param::from_tensor(Tensor::random([1, d], burn::tensor::Distribution::Normal(0.0, 1.0), device));
         AttentionAutoencoder {
             input_proj: LinearConfig::new(self.input_dim, d).init(device),
             latent_init: learned_token(),
@@ -92,7 +93,9 @@ impl<B: Backend> AttentionAutoencoder<B> {
         let [batch, len, _] = src.dims();
         let src = self.input_proj.forward(src);
         let [_, _, d_model] = src.dims();
-        let src = src + sinusoidal_table::<B>(len, d_model, &self.tgt_init.device(), self.tgt_init.val().dtype()).unsqueeze::<3>();
+        let src = src
+            + sinusoidal_table::<B>(len, d_model, &self.tgt_init.device(), self.tgt_init.val().dtype())
+                .unsqueeze::<3>();
         let query = self.latent_init.val().unsqueeze::<3>().expand([batch, 1, d_model]);
         let latent = self
             .attention_layers
@@ -109,10 +112,7 @@ impl<B: Backend> AttentionAutoencoder<B> {
         let [_, d_model] = self.tgt_init.dims();
         let positions = sinusoidal_table::<B>(h * w, d_model, &self.tgt_init.device(), self.tgt_init.val().dtype());
         let target = (positions + self.tgt_init.val()).unsqueeze::<3>().expand([batch, h * w, d_model]);
-        let out = self
-            .decoder_layers
-            .iter()
-            .fold(target, |x, layer| layer.forward(x, memory.clone()));
+        let out = self.decoder_layers.iter().fold(target, |x, layer| layer.forward(x, memory.clone()));
         let out = self.output_proj.forward(out);
         let [_, _, output_dim] = out.dims();
         out.reshape([batch, h, w, output_dim]).permute([0, 3, 1, 2])

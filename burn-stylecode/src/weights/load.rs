@@ -9,32 +9,18 @@
 //! prefix: a missing tensor, a wrong shape or a leftover tensor is an error
 //! that names the key; tensors of other models in the same file are ignored.
 
-mod autoencoder;
-mod clip;
-mod siglip;
-mod style_control;
-mod unet;
-mod vae;
-
-pub use autoencoder::load_autoencoder;
-pub use clip::load_clip_text;
-pub use siglip::load_siglip;
-pub use style_control::load_style_control;
-pub use unet::{diffusers_weights, load_unet, read_unet_config, DIFFUSERS_WEIGHTS};
-pub use vae::{load_vae, read_vae_config};
-
 use super::safetensors::TensorFile;
 use crate::error::{Error, Result};
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
-use burn_store::{ModuleSnapshot, TensorSnapshot, TensorSnapshotError};
 use burn::tensor::DType;
+use burn_store::{ModuleSnapshot, TensorSnapshot, TensorSnapshotError};
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
 /// Where one burn parameter's values are in the file (keys relative to the prefix).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Source {
+pub enum Source {
     /// A whole tensor.
     Tensor(String),
     /// Block `index` of `parts` equal row blocks: PyTorch's packed `in_proj_*`.
@@ -42,7 +28,7 @@ pub(crate) enum Source {
 }
 
 /// How a module's parameters are named in a file.
-pub(crate) struct KeyMap<'a> {
+pub struct KeyMap<'a> {
     /// The module's name in error messages.
     pub module: &'a str,
     /// Prefix of the module's tensors in the file, e.g. `vision_model.`.
@@ -57,7 +43,7 @@ pub(crate) struct KeyMap<'a> {
 }
 
 /// `q_proj.weight` of an MHA stored packed → the first third of `in_proj_weight`.
-pub(crate) fn packed_projection(module: &str, rest: &str) -> Source {
+pub fn packed_projection(module: &str, rest: &str) -> Source {
     let part = |name: &str| rest.strip_prefix(name).and_then(|p| p.strip_prefix('.'));
     for (index, name) in ["q_proj", "k_proj", "v_proj"].into_iter().enumerate() {
         if let Some(param) = part(name) {
@@ -68,7 +54,7 @@ pub(crate) fn packed_projection(module: &str, rest: &str) -> Source {
 }
 
 /// burn's norms call their affine parameters `gamma`/`beta`; PyTorch `weight`/`bias`.
-pub(crate) fn norm_names(path: &str) -> String {
+pub fn norm_names(path: &str) -> String {
     if let Some(stem) = path.strip_suffix(".gamma") {
         format!("{stem}.weight")
     } else if let Some(stem) = path.strip_suffix(".beta") {
@@ -110,7 +96,12 @@ impl<B: Backend> ModuleVisitor<B> for SlotCollector {
     }
 }
 
-pub(crate) fn load_module<B: Backend, M: Module<B>>(mut module: M, file: &TensorFile, map: &KeyMap, dtype: DType) -> Result<M> {
+pub fn load_module<B: Backend, M: Module<B>>(
+    mut module: M,
+    file: &TensorFile,
+    map: &KeyMap,
+    dtype: DType,
+) -> Result<M> {
     let mut collector = SlotCollector::default();
     module.visit(&mut collector);
 
@@ -175,12 +166,49 @@ pub(crate) fn load_module<B: Backend, M: Module<B>>(mut module: M, file: &Tensor
 
     let result = module.apply(snapshots, None, None, false);
     if let Some(error) = result.errors.first() {
-        return Err(Error::Other(format!("{}: loading {}: {error}", file.path().display(), map.module)));
+        return Err(load_error(file, map, error.to_string()));
     }
     if let Some((path, _)) = result.missing.first() {
-        return Err(Error::Other(format!("{}: {} parameter `{path}` was not loaded", file.path().display(), map.module)));
+        return Err(load_error(file, map, format!("parameter `{path}` was not loaded")));
     }
     Ok(module)
+}
+
+fn load_error(file: &TensorFile, map: &KeyMap, message: String) -> Error {
+    Error::Load { path: file.path().to_path_buf(), module: map.module.to_string(), message }
+}
+
+/// One tensor a key map reads: its full name in the file and its shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedTensor {
+    pub key: String,
+    pub shape: Vec<usize>,
+}
+
+/// The tensors [`load_module`] would read for `module` through `map`, in
+/// the module's parameter order, each once (a packed q/k/v tensor appears
+/// with its whole shape). Reads only the parameters' lazy shapes: nothing
+/// is allocated, so a full-size model costs nothing.
+pub fn expected_tensors<B: Backend, M: Module<B>>(module: &M, map: &KeyMap) -> Vec<ExpectedTensor> {
+    let mut collector = SlotCollector::default();
+    module.visit(&mut collector);
+    let mut seen = BTreeSet::new();
+    let mut tensors = Vec::new();
+    for slot in collector.slots {
+        let (key, parts) = match (map.source)(&slot.path.join(".")) {
+            Source::Tensor(key) => (key, 1),
+            Source::Rows { key, parts, .. } => (key, parts),
+        };
+        let key = format!("{}{key}", map.prefix);
+        let mut shape = slot.shape;
+        if let Some(rows) = shape.first_mut() {
+            *rows *= parts;
+        }
+        if seen.insert(key.clone()) {
+            tensors.push(ExpectedTensor { key, shape });
+        }
+    }
+    tensors
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
+use crate::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use crate::nn::{Linear, LinearConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 

@@ -10,11 +10,12 @@
 //! proportion `s`, the conditioning scale: `h_base·(1-s) + mixed·s`. The
 //! control up sub-blocks see zeros where the base sees its skips.
 
-use crate::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
+use crate::nn::{image_to_tokens, tokens_to_image, Linear, LinearConfig};
+use crate::sd::unet_2d::{PerBlock, UNet2DConditionModel, UNetConfig};
 use crate::sd::unet_2d_blocks::{MidBlock2DCrossAttn, UpBlock2D, UpSubBlocks};
+use crate::sd::unet_hook::{HookInputs, UNetHook, UpStep};
 use burn::module::Module;
 use burn::nn::Initializer;
-use crate::nn::{image_to_tokens, tokens_to_image, Linear, LinearConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +47,7 @@ impl StyleControlConfig {
     pub fn from_base(base: &UNetConfig, num_attention_heads: usize, mix_init: MixInit) -> Self {
         let mut unet = base.clone();
         unet.use_linear_projection = true;
-        unet.attention_head_dim = crate::sd::unet_2d::PerBlock::One(num_attention_heads);
+        unet.attention_head_dim = PerBlock::One(num_attention_heads);
         Self { unet, mix_init }
     }
 
@@ -69,7 +70,7 @@ impl StyleControlConfig {
 }
 
 /// The control branch and its 13 mixing layers (the autoencoder that makes
-/// the branch's input lives in [`crate::autoencoder`]).
+/// the branch's input lives in [`super::autoencoder`]).
 #[derive(Module, Debug)]
 pub struct StyleControl<B: Backend> {
     pub mid_block: MidBlock2DCrossAttn<B>,
@@ -129,31 +130,50 @@ impl<B: Backend> StyleControl<B> {
         style: Tensor<B, 4>,
         scale: f64,
     ) -> Tensor<B, 4> {
-        let [batch, ..] = sample.dims();
-        let temb = base.batch_time_embedding(timesteps, batch);
+        base.forward_with_hook(sample, timesteps, &context, &mut self.hook(style, scale))
+    }
 
-        let mut h_base = base.conv_in(sample);
-        let mut skips = vec![h_base.clone()];
-        for i in 0..base.down_sub_block_count() {
-            h_base = base.down_sub_block(i, h_base, &temb, &context);
-            skips.push(h_base.clone());
-        }
-        let h_base = base.mid_block(h_base, &temb, &context);
-        let h_ctrl = self.mid_block.forward(style, &temb, &context);
-        let (mut h_ctrl, mut h_base) = self.middle_block_out.forward(h_ctrl, h_base, scale);
+    /// The branch as a hook on the base UNet's forward pass.
+    pub fn hook(&self, style: Tensor<B, 4>, scale: f64) -> ControlHook<'_, B> {
+        ControlHook { control: self, style: Some(style), h_ctrl: None, scale }
+    }
+}
 
-        for (i, mixer) in self.up_zero_convs_out.iter().enumerate() {
-            let skip = skips.pop().expect("one skip per up sub-block");
-            let upsample_to = skips.last().map(|next| {
-                let [_, _, height, width] = next.dims();
-                [height, width]
-            });
-            let no_skip = Tensor::zeros_like(&skip);
-            h_ctrl = self.up_blocks.sub_block(i, Tensor::cat(vec![h_ctrl, no_skip], 1), &temb, &context, upsample_to);
-            h_base = base.up_sub_block(i, Tensor::cat(vec![h_base, skip], 1), &temb, &context, upsample_to);
-            (h_ctrl, h_base) = mixer.forward(h_ctrl, h_base, scale);
-        }
-        base.head(h_base)
+/// The control branch running in lock-step with the base UNet: its mid
+/// block starts from the style features, each of its up sub-blocks sees
+/// zeros where the base sees its skip, and a [`Mixer`] joins the two after
+/// the mid block and after every up sub-block.
+pub struct ControlHook<'a, B: Backend> {
+    control: &'a StyleControl<B>,
+    /// The mid block's input, taken once.
+    style: Option<Tensor<B, 4>>,
+    /// The branch's hidden state since the mid block.
+    h_ctrl: Option<Tensor<B, 4>>,
+    scale: f64,
+}
+
+impl<B: Backend> UNetHook<B> for ControlHook<'_, B> {
+    fn after_mid(&mut self, h_base: Tensor<B, 4>, inputs: &HookInputs<'_, B>) -> Tensor<B, 4> {
+        let style = self.style.take().expect("the mid block runs once per step");
+        let h_ctrl = self.control.mid_block.forward(style, inputs.temb, inputs.context);
+        let (h_ctrl, h_base) = self.control.middle_block_out.forward(h_ctrl, h_base, self.scale);
+        self.h_ctrl = Some(h_ctrl);
+        h_base
+    }
+
+    fn after_up(&mut self, step: UpStep, h_base: Tensor<B, 4>, inputs: &HookInputs<'_, B>) -> Tensor<B, 4> {
+        let h_ctrl = self.h_ctrl.take().expect("the mid block runs before the up blocks");
+        let no_skip = Tensor::zeros(step.skip_dims, (&h_ctrl.device(), h_ctrl.dtype()));
+        let h_ctrl = self.control.up_blocks.sub_block(
+            step.index,
+            Tensor::cat(vec![h_ctrl, no_skip], 1),
+            inputs.temb,
+            inputs.context,
+            step.upsample_to,
+        );
+        let (h_ctrl, h_base) = self.control.up_zero_convs_out[step.index].forward(h_ctrl, h_base, self.scale);
+        self.h_ctrl = Some(h_ctrl);
+        h_base
     }
 }
 
@@ -162,48 +182,4 @@ impl<B: Backend> StyleControl<B> {
 pub fn mid_grid<B: Backend>(base: &UNet2DConditionModel<B>, [height, width]: [usize; 2]) -> [usize; 2] {
     let halvings = base.down_blocks.iter().filter(|block| block.downsampler.is_some()).count();
     (0..halvings).fold([height, width], |[h, w], _| [h.div_ceil(2), w.div_ceil(2)])
-}
-
-/// What a stylecode conditions generation with: the autoencoder (its
-/// decoder turns a code into the control branch's input), the control
-/// module, and the version of these weights.
-#[derive(Debug)]
-pub struct StyleCodes<B: Backend> {
-    pub autoencoder: crate::autoencoder::AttentionAutoencoder<B>,
-    pub control: StyleControl<B>,
-    pub version: char,
-}
-
-impl<B: Backend> StyleCodes<B> {
-    /// Loads the autoencoder and the control module from the weights
-    /// folder's `stylecodes/`, shaped after the base UNet's config.
-    pub fn load(
-        weights: &crate::WeightsDir,
-        base: &UNetConfig,
-        dtype: burn::tensor::DType,
-        device: &B::Device,
-    ) -> crate::Result<Self> {
-        use crate::weights::loader::{load_autoencoder, load_style_control};
-        let config = weights.stylecodes_config()?;
-        let file = crate::weights::safetensors::TensorFile::open(weights.stylecodes_weights()?)?;
-        let autoencoder = load_autoencoder(&config.autoencoder, &file, dtype, device)?;
-        let control_config = StyleControlConfig::from_base(base, config.control_attention_heads, config.mix_init);
-        let control = load_style_control(&control_config, &file, dtype, device)?;
-        let mid_channels = *base.block_out_channels.last().unwrap_or(&0);
-        if config.autoencoder.output_dim != mid_channels {
-            return Err(crate::Error::Other(format!(
-                "the style autoencoder makes {}-channel features but the base UNet's mid block has {mid_channels} channels",
-                config.autoencoder.output_dim
-            )));
-        }
-        Ok(Self { autoencoder, control, version: config.version })
-    }
-
-    /// The control branch's input for code latents [B, 20] (dequantised, any
-    /// float dtype), at the mid-block grid [h, w], in the model's dtype.
-    /// Constant over a generation: compute it once, outside the denoising loop.
-    pub fn features(&self, latents: Tensor<B, 2>, [height, width]: [usize; 2]) -> Tensor<B, 4> {
-        let latents = latents.cast(self.autoencoder.tgt_init.val().dtype());
-        self.autoencoder.decode(latents, height, width)
-    }
 }

@@ -1,0 +1,254 @@
+//! The top layer: the [`StyleCodes`] handle that loads what a job needs
+//! from a weights folder, once, and runs encoding and (styled) generation;
+//! the requests and recipes it speaks in; and the PNG files it writes.
+
+mod png_text;
+mod recipe;
+mod request;
+mod weights_dir;
+
+pub use png_text::{read_png_text, write_png};
+pub use recipe::Recipe;
+pub use request::{GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, Progress, Style};
+pub use weights_dir::{WeightsDir, WEIGHTS_ENV};
+
+use crate::error::{Error, Result};
+use crate::sd::pipeline::{Settings, StableDiffusion};
+use crate::sd::unet_2d::UNetConfig;
+use crate::siglip::{SiglipVisionConfig, SiglipVisionTransformer};
+use crate::style::autoencoder::AttentionAutoencoder;
+use crate::style::code::{blend, CODE_LEN};
+use crate::style::control::StyleControl;
+use crate::style::{check_fits_base, check_fits_siglip, EncodedStyle, StyleCode, StyleCondition, StyleEncoder};
+use crate::style::{StylecodesConfig, WeightedCode};
+use crate::weights::{JsonConfig, TensorFile};
+use burn::prelude::*;
+use burn::tensor::DType;
+use image::RgbImage;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// StyleCodes on one device: encode images to codes, generate SD1.5
+/// images in a code's style.
+///
+/// Each network is loaded on first use and kept: encoding loads SigLIP and
+/// the autoencoder only; generation adds SD1.5 and, with a style, the
+/// control branch (the autoencoder is shared).
+pub struct StyleCodes<B: Backend> {
+    weights: WeightsDir,
+    sd15_dir: PathBuf,
+    dtype: DType,
+    device: B::Device,
+    config: OnceLock<StylecodesConfig>,
+    siglip: OnceLock<(SiglipVisionConfig, SiglipVisionTransformer<B>)>,
+    autoencoder: OnceLock<AttentionAutoencoder<B>>,
+    control: OnceLock<StyleControl<B>>,
+    sd: OnceLock<StableDiffusion<B>>,
+}
+
+/// `cell`'s value, loading it first if needed.
+fn get_or_load<T>(cell: &OnceLock<T>, load: impl FnOnce() -> Result<T>) -> Result<&T> {
+    if let Some(value) = cell.get() {
+        return Ok(value);
+    }
+    let value = load()?;
+    Ok(cell.get_or_init(|| value))
+}
+
+impl<B: Backend> StyleCodes<B> {
+    /// Nothing is read until a job needs it.
+    pub fn new(weights: WeightsDir, dtype: DType, device: B::Device) -> Self {
+        let sd15_dir = weights.sd15_dir();
+        Self {
+            weights,
+            sd15_dir,
+            dtype,
+            device,
+            config: OnceLock::new(),
+            siglip: OnceLock::new(),
+            autoencoder: OnceLock::new(),
+            control: OnceLock::new(),
+            sd: OnceLock::new(),
+        }
+    }
+
+    /// Another SD1.5 (a fine-tune in the diffusers layout) than `WEIGHTS/sd15`.
+    pub fn with_sd15_dir(mut self, dir: PathBuf) -> Self {
+        self.sd15_dir = dir;
+        self
+    }
+
+    pub fn weights(&self) -> &WeightsDir {
+        &self.weights
+    }
+
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// `stylecodes/config.json` (version `1` if absent).
+    pub fn stylecodes_config(&self) -> Result<&StylecodesConfig> {
+        get_or_load(&self.config, || self.weights.stylecodes_config())
+    }
+
+    /// The version character of the loaded StyleCodes weights.
+    pub fn version(&self) -> Result<char> {
+        Ok(self.stylecodes_config()?.version)
+    }
+
+    fn stylecodes_file(&self) -> Result<TensorFile> {
+        TensorFile::open(self.weights.stylecodes_weights()?)
+    }
+
+    pub fn autoencoder(&self) -> Result<&AttentionAutoencoder<B>> {
+        get_or_load(&self.autoencoder, || {
+            let config = &self.stylecodes_config()?.autoencoder;
+            AttentionAutoencoder::load(config, &self.stylecodes_file()?, self.dtype, &self.device)
+        })
+    }
+
+    /// The image → code networks.
+    pub fn encoder(&self) -> Result<StyleEncoder<'_, B>> {
+        let (config, siglip) = get_or_load(&self.siglip, || {
+            let config = self.weights.siglip_config()?;
+            let file = TensorFile::open(self.weights.siglip_weights()?)?;
+            let siglip = SiglipVisionTransformer::load(&config, &file, self.dtype, &self.device)?;
+            Ok((config, siglip))
+        })?;
+        let stylecodes = self.stylecodes_config()?;
+        check_fits_siglip(&stylecodes.autoencoder, config)?;
+        Ok(StyleEncoder {
+            siglip,
+            autoencoder: self.autoencoder()?,
+            image_size: config.image_size as u32,
+            version: stylecodes.version,
+        })
+    }
+
+    /// Each image's code, in order (one batch through the networks).
+    pub fn encode(&self, images: &[RgbImage]) -> Result<Vec<EncodedStyle>> {
+        self.encoder()?.encode(images)
+    }
+
+    pub fn stable_diffusion(&self) -> Result<&StableDiffusion<B>> {
+        get_or_load(&self.sd, || StableDiffusion::load(&self.sd15_dir, self.dtype, &self.device))
+    }
+
+    /// The control branch, shaped after the base UNet.
+    pub fn control(&self) -> Result<&StyleControl<B>> {
+        get_or_load(&self.control, || {
+            let base = UNetConfig::from_file(&self.sd15_dir.join("unet").join("config.json"))?;
+            let config = self.stylecodes_config()?;
+            check_fits_base(&config.autoencoder, &base)?;
+            StyleControl::load(&config.control(&base), &self.stylecodes_file()?, self.dtype, &self.device)
+        })
+    }
+
+    /// A style's latent and the code recorded for it; codes must be of the
+    /// loaded weights' version.
+    pub fn resolve_style(&self, codes: &[WeightedCode]) -> Result<([f32; CODE_LEN], StyleCode)> {
+        let (latent, version) = blend(codes)?;
+        let weights = self.version()?;
+        if version != weights {
+            return Err(Error::VersionMismatch { code: version, weights, path: self.weights.stylecodes_dir() });
+        }
+        let code = match codes {
+            [single] => single.code,
+            _ => StyleCode::from_latent(&latent, version)?,
+        };
+        Ok((latent, code))
+    }
+
+    /// Generates the request's images as one batch. `progress` hears of
+    /// every denoising step and may stop the run there ([`Error::Cancelled`]).
+    /// Images with a style and images without run as separate batches.
+    pub fn generate(
+        &self,
+        request: &GenerateRequest,
+        mut progress: impl FnMut(Progress) -> ControlFlow<()>,
+    ) -> Result<Vec<GeneratedImage>> {
+        request.settings.validate()?;
+        let mut images = Vec::with_capacity(request.images.len());
+        let mut first = 0;
+        for group in request.images.chunk_by(|a, b| a.style.is_none() == b.style.is_none()) {
+            let on_step = |step, steps| progress(Progress { step, steps, first_image: first, batch: group.len() });
+            images.extend(self.generate_batch(group, &request.settings, on_step)?);
+            first += group.len();
+        }
+        Ok(images)
+    }
+
+    /// Images that all have a style, or all have none.
+    fn generate_batch(
+        &self,
+        specs: &[ImageSpec],
+        settings: &GenerateSettings,
+        on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
+    ) -> Result<Vec<GeneratedImage>> {
+        let styled = specs.iter().any(|spec| !spec.style.is_none());
+        let sd_settings = Settings {
+            steps: settings.steps,
+            guidance_scale: settings.guidance(styled),
+            scheduler: settings.scheduler,
+            karras: settings.karras.then_some(true),
+            width: settings.width,
+            height: settings.height,
+        };
+        let prompts: Vec<String> = specs.iter().map(|s| s.prompt.clone()).collect();
+        let negatives: Vec<String> = specs.iter().map(|s| s.negative.clone()).collect();
+        let seeds: Vec<u64> = specs.iter().map(|s| s.seed).collect();
+        let sd = self.stable_diffusion()?;
+
+        let mut codes = Vec::with_capacity(specs.len());
+        let latents = if styled {
+            let mut values = Vec::with_capacity(specs.len() * CODE_LEN);
+            for spec in specs {
+                let (latent, code) = match &spec.style {
+                    Style::Codes(weighted) => self.resolve_style(weighted)?,
+                    Style::Latent(latent) => (*latent, StyleCode::from_latent(latent, self.version()?)?),
+                    Style::None => unreachable!("a batch is all styled or all plain"),
+                };
+                values.extend(latent);
+                codes.push(Some(code.to_paper()));
+            }
+            let latents = Tensor::<B, 1>::from_floats(values.as_slice(), &self.device).reshape([specs.len(), CODE_LEN]);
+            let condition = StyleCondition {
+                autoencoder: self.autoencoder()?,
+                control: self.control()?,
+                latents,
+                scale: settings.style_scale,
+            };
+            sd_settings.validate()?;
+            let predict = condition.predictor(&sd.unet, sd.latent_size(&sd_settings), sd_settings.guided());
+            sd.generate_latents(&prompts, &negatives, &seeds, &sd_settings, predict, on_step)?
+        } else {
+            codes.resize(specs.len(), None);
+            let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
+            sd.generate_latents(&prompts, &negatives, &seeds, &sd_settings, predict, on_step)?
+        };
+
+        let images = sd.decode(latents)?;
+        Ok(images
+            .into_iter()
+            .zip(specs)
+            .zip(codes)
+            .map(|((image, spec), stylecode)| GeneratedImage {
+                image,
+                recipe: Recipe {
+                    prompt: spec.prompt.clone(),
+                    negative_prompt: spec.negative.clone(),
+                    seed: spec.seed,
+                    steps: settings.steps,
+                    scheduler: settings.scheduler,
+                    karras: settings.karras,
+                    guidance_scale: sd_settings.guidance_scale,
+                    width: settings.width,
+                    height: settings.height,
+                    style_scale: stylecode.is_some().then_some(settings.style_scale),
+                    stylecode,
+                },
+            })
+            .collect())
+    }
+}

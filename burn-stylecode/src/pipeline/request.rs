@@ -1,0 +1,135 @@
+//! What a generation asks for, and what it gives back.
+
+use crate::error::{Error, Result};
+use crate::sd::schedulers::SchedulerKind;
+use crate::style::code::CODE_LEN;
+use crate::style::WeightedCode;
+use image::RgbImage;
+
+/// The style of one image.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Style {
+    /// The plain SD1.5 UNet.
+    #[default]
+    None,
+    /// One code, or several blended (the weighted mean of their latents).
+    Codes(Vec<WeightedCode>),
+    /// A latent as the encoder made it (not rounded to a code), from the
+    /// loaded weights.
+    Latent([f32; CODE_LEN]),
+}
+
+impl Style {
+    pub fn is_none(&self) -> bool {
+        matches!(self, Style::None)
+    }
+}
+
+/// One image to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageSpec {
+    pub prompt: String,
+    pub negative: String,
+    pub seed: u64,
+    pub style: Style,
+}
+
+/// Settings shared by the images of a request. The defaults are the
+/// release's: DDIM, 20 steps, 512², guidance 7.5 (3 with a style), style
+/// scale 0.9.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateSettings {
+    pub steps: usize,
+    /// Classifier-free guidance; `None` takes [`GenerateSettings::guidance`]'s default.
+    pub guidance_scale: Option<f64>,
+    pub scheduler: SchedulerKind,
+    /// Karras sigmas (not for DDIM).
+    pub karras: bool,
+    /// Pixels, multiples of the VAE's scale factor (8).
+    pub width: usize,
+    pub height: usize,
+    /// Conditioning scale of the style, 0..=1.
+    pub style_scale: f64,
+}
+
+impl Default for GenerateSettings {
+    fn default() -> Self {
+        Self {
+            steps: 20,
+            guidance_scale: None,
+            scheduler: SchedulerKind::Ddim,
+            karras: false,
+            width: 512,
+            height: 512,
+            style_scale: 0.9,
+        }
+    }
+}
+
+impl GenerateSettings {
+    /// Guidance without a style as diffusers' default; with one, 3 as the release.
+    pub const PLAIN_GUIDANCE: f64 = 7.5;
+    pub const STYLED_GUIDANCE: f64 = 3.0;
+
+    /// The guidance scale for images with or without a style.
+    pub fn guidance(&self, styled: bool) -> f64 {
+        self.guidance_scale.unwrap_or(if styled { Self::STYLED_GUIDANCE } else { Self::PLAIN_GUIDANCE })
+    }
+
+    /// Errors naming the setting at fault (sizes and steps are checked by
+    /// the SD pipeline, which knows the VAE's scale factor).
+    pub fn validate(&self) -> Result<()> {
+        if self.karras && !self.scheduler.supports_karras() {
+            return Err(Error::InvalidRequest(format!(
+                "Karras sigmas do not apply to the {} scheduler",
+                self.scheduler
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.style_scale) {
+            return Err(Error::InvalidRequest(format!("style scale {} is not between 0 and 1", self.style_scale)));
+        }
+        Ok(())
+    }
+}
+
+/// Images to generate, each with its own prompt, seed and style.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    pub images: Vec<ImageSpec>,
+    pub settings: GenerateSettings,
+}
+
+impl GenerateRequest {
+    /// `num` images of one prompt and style; image `k` (from 0) uses seed
+    /// `first_seed + k`, so any of them can be made again alone.
+    pub fn repeated(image: ImageSpec, num: usize, settings: GenerateSettings) -> Self {
+        let images = (0..num as u64).map(|k| ImageSpec { seed: image.seed.wrapping_add(k), ..image.clone() }).collect();
+        Self { images, settings }
+    }
+
+    /// The request in parts of at most `batch` images, in order (each part
+    /// goes through the networks as one batch).
+    pub fn batches(&self, batch: usize) -> impl Iterator<Item = GenerateRequest> + '_ {
+        self.images
+            .chunks(batch.max(1))
+            .map(|images| GenerateRequest { images: images.to_vec(), settings: self.settings.clone() })
+    }
+}
+
+/// Where a generation is: after `step` of `steps` denoising steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub step: usize,
+    pub steps: usize,
+    /// Index in the request of the first image of the batch running.
+    pub first_image: usize,
+    /// Images in that batch.
+    pub batch: usize,
+}
+
+/// One finished image and how to make it again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedImage {
+    pub image: RgbImage,
+    pub recipe: super::Recipe,
+}
