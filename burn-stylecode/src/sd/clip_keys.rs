@@ -1,9 +1,9 @@
 //! The CLIP text encoder's key map: transformers' `CLIPTextModel` names.
 
 use super::clip::{ClipTextConfig, ClipTextTransformer};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::weights::{
-    expected_tensors, load_module, norm_names, ExpectedTensor, JsonConfig, KeyMap, Source, TensorFile,
+    expected_tensors, find_prefix, load_module, norm_names, ExpectedTensor, JsonConfig, KeyMap, Source, TensorFile,
 };
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -44,14 +44,7 @@ impl<B: Backend> ClipTextTransformer<B> {
     /// `embeddings.position_ids` buffer older files carry is ignored; the rest of
     /// a full `CLIPModel` file (`vision_model.*`, projections) is out of scope.
     pub fn load(config: &ClipTextConfig, file: &TensorFile, dtype: DType, device: &B::Device) -> Result<Self> {
-        let prefix =
-            ["text_model.", ""].into_iter().find(|p| file.contains(&format!("{p}{PROBE}"))).ok_or_else(|| {
-                Error::NoModule {
-                    path: file.path().to_path_buf(),
-                    module: "the CLIP text encoder".into(),
-                    prefixes: vec!["text_model.".into(), "".into()],
-                }
-            })?;
+        let prefix = find_prefix(file, &["text_model.", ""], PROBE, "the CLIP text encoder")?;
         load_module(config.init(device), file, &key_map(prefix), dtype)
     }
 }

@@ -1,10 +1,10 @@
 //! SigLIP's key map: transformers' `SiglipVisionModel` names.
 
 use super::{SiglipVisionConfig, SiglipVisionTransformer};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::weights::{
-    expected_tensors, load_module, norm_names, packed_projection, ExpectedTensor, JsonConfig, KeyMap, Source,
-    TensorFile,
+    expected_tensors, find_prefix, load_module, norm_names, packed_projection, ExpectedTensor, JsonConfig, KeyMap,
+    Source, TensorFile,
 };
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -47,14 +47,7 @@ impl<B: Backend> SiglipVisionTransformer<B> {
     /// unprefixed (transformers 5). The rest of a full `SiglipModel` file
     /// (`text_model.*`, `logit_scale`, …) is ignored.
     pub fn load(config: &SiglipVisionConfig, file: &TensorFile, dtype: DType, device: &B::Device) -> Result<Self> {
-        let prefix =
-            ["vision_model.", ""].into_iter().find(|p| file.contains(&format!("{p}{PROBE}"))).ok_or_else(|| {
-                Error::NoModule {
-                    path: file.path().to_path_buf(),
-                    module: "the SigLIP vision tower".into(),
-                    prefixes: vec!["vision_model.".into(), "".into()],
-                }
-            })?;
+        let prefix = find_prefix(file, &["vision_model.", ""], PROBE, "the SigLIP vision tower")?;
         load_module(config.init(device), file, &key_map(prefix), dtype)
     }
 }

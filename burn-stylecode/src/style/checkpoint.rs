@@ -11,7 +11,8 @@ use crate::sd::unet_2d::UNetConfig;
 use crate::sd::unet_key;
 use crate::weights::JsonConfig;
 use crate::weights::{
-    expected_tensors, load_module, norm_names, packed_projection, ExpectedTensor, KeyMap, Source, TensorFile,
+    expected_tensors, find_prefix, load_module, norm_names, packed_projection, ExpectedTensor, KeyMap, Source,
+    TensorFile,
 };
 use burn::module::Module;
 use burn::prelude::*;
@@ -194,14 +195,8 @@ impl<B: Backend> StyleControl<B> {
     /// optionally all under `controlnet.`. Strict over `control_model.*` and
     /// `middle_block_out.*`; the autoencoder's tensors are ignored here.
     pub fn load(config: &StyleControlConfig, file: &TensorFile, dtype: DType, device: &B::Device) -> Result<Self> {
-        let prefix =
-            PREFIXES.into_iter().find(|p| file.contains(&format!("{p}middle_block_out.weight"))).ok_or_else(|| {
-                Error::NoModule {
-                    path: file.path().to_path_buf(),
-                    module: "the style control module (`middle_block_out.weight`)".into(),
-                    prefixes: PREFIXES.map(String::from).to_vec(),
-                }
-            })?;
+        let module = "the style control module (`middle_block_out.weight`)";
+        let prefix = find_prefix(file, &PREFIXES, "middle_block_out.weight", module)?;
         load_module(config.init(device), file, &control_map(prefix), dtype)
     }
 }

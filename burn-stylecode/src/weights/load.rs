@@ -174,6 +174,16 @@ pub fn load_module<B: Backend, M: Module<B>>(
     Ok(module)
 }
 
+/// The first of `prefixes` under which `file` holds `probe`: where a
+/// model's tensors sit in a file that may nest them (`vision_model.`, `controlnet.`, …).
+pub fn find_prefix<'a>(file: &TensorFile, prefixes: &[&'a str], probe: &str, module: &str) -> Result<&'a str> {
+    prefixes.iter().copied().find(|p| file.contains(&format!("{p}{probe}"))).ok_or_else(|| Error::NoModule {
+        path: file.path().to_path_buf(),
+        module: module.to_string(),
+        prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+    })
+}
+
 fn load_error(file: &TensorFile, map: &KeyMap, message: String) -> Error {
     Error::Load { path: file.path().to_path_buf(), module: map.module.to_string(), message }
 }

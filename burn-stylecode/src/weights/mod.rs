@@ -12,5 +12,7 @@ mod load;
 pub mod safetensors;
 
 pub use config::JsonConfig;
-pub use load::{expected_tensors, load_module, norm_names, packed_projection, ExpectedTensor, KeyMap, Source};
+pub use load::{
+    expected_tensors, find_prefix, load_module, norm_names, packed_projection, ExpectedTensor, KeyMap, Source,
+};
 pub use safetensors::TensorFile;

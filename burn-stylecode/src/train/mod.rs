@@ -1,0 +1,11 @@
+//! Training of the StyleCodes model (the style autoencoder and the control
+//! branch), with PyTorch parity (issue 11).
+//!
+//! [`optim`] is the optimizer layer: AdamW, global-norm clipping, gradient
+//! accumulation and learning-rate schedules exactly as PyTorch and diffusers
+//! compute them, with a state keyed by parameter path so that a checkpoint
+//! resumes into freshly loaded weights.
+
+pub mod optim;
+
+pub use optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator, Grads, LrSchedule, OptimizerState, ParamState};
