@@ -70,6 +70,25 @@ fn encode_prints_the_reference_codes_for_jpeg_and_png() {
     assert_eq!(stdout(&out).trim(), refs[1].2);
 }
 
+/// Encoding needs SigLIP and the autoencoder only: a weights folder without
+/// SD1.5 (or the control branch's tensors being read) gives the same codes.
+#[test]
+fn encode_reads_no_sd15_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for model in ["siglip", "stylecodes"] {
+        let (src, dst) = (fixtures().join("weights").join(model), dir.path().join(model));
+        std::fs::create_dir_all(&dst).unwrap();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+        }
+    }
+    let refs = reference_codes();
+    let out = stylecode(&["encode", &image(&refs[1].0), "--weights", &dir.path().display().to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), refs[1].1);
+}
+
 #[test]
 fn encode_json_lines_and_batch_size_one() {
     let refs = reference_codes();

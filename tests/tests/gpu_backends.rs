@@ -22,11 +22,10 @@
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn_stylecode::sd::clip::{ClipTextConfig, ClipTextTransformer};
-use burn_stylecode::sd::diffusers_weights;
+use burn_stylecode::sd::clip::ClipTextTransformer;
 use burn_stylecode::sd::pipeline::StableDiffusion;
 use burn_stylecode::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
-use burn_stylecode::sd::vae::{AutoencoderKL, VaeConfig};
+use burn_stylecode::sd::vae::AutoencoderKL;
 use burn_stylecode::siglip::SiglipVisionTransformer;
 use burn_stylecode::style::autoencoder::AttentionAutoencoder;
 use burn_stylecode::style::{StyleCodesModel, StyleCondition};
@@ -86,16 +85,9 @@ fn assert_within<const D: usize>(
 #[test]
 fn unet() {
     let dir = weights().sd15_dir().join("unet");
-    let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
     let r = reference("sd15_unet.safetensors");
     for dtype in DTYPES {
-        let unet = UNet2DConditionModel::<Gpu>::load(
-            &UNetConfig::from_file(&dir.join("config.json")).unwrap(),
-            &file,
-            dtype,
-            &device(),
-        )
-        .unwrap();
+        let unet = UNet2DConditionModel::<Gpu>::from_diffusers_dir(&dir, dtype, &device()).unwrap();
         let (timesteps, context) = (tensor(&r, "timesteps", dtype), tensor(&r, "context", dtype));
         let noise = unet.forward(tensor(&r, "sample", dtype), timesteps.clone(), context.clone());
         assert_close("unet", dtype, noise, &r, "noise");
@@ -108,11 +100,10 @@ fn unet() {
 fn style_control() {
     let dir = weights().sd15_dir().join("unet");
     let config = UNetConfig::from_file(&dir.join("config.json")).unwrap();
-    let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
     let r = reference("style_control.safetensors");
     let scale = reference_json("style_control.json")["step_scale"].as_f64().unwrap();
     for dtype in DTYPES {
-        let unet = UNet2DConditionModel::<Gpu>::load(&config, &file, dtype, &device()).unwrap();
+        let unet = UNet2DConditionModel::<Gpu>::from_diffusers_dir(&dir, dtype, &device()).unwrap();
         let codes = StyleCodesModel::<Gpu>::from_dir(&weights().stylecodes_dir(), &config, dtype, &device()).unwrap();
         let sample = tensor::<4>(&r, "sample", dtype);
         let [_, _, height, width] = sample.dims();
@@ -128,16 +119,9 @@ fn style_control() {
 #[test]
 fn vae() {
     let dir = weights().sd15_dir().join("vae");
-    let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
     let r = reference("sd15_vae.safetensors");
     for dtype in DTYPES {
-        let vae = AutoencoderKL::<Gpu>::load(
-            &VaeConfig::from_file(&dir.join("config.json")).unwrap(),
-            &file,
-            dtype,
-            &device(),
-        )
-        .unwrap();
+        let vae = AutoencoderKL::<Gpu>::from_diffusers_dir(&dir, dtype, &device()).unwrap();
         let (mean, logvar) = vae.encode(tensor(&r, "image", dtype));
         assert_close("vae mean", dtype, mean, &r, "mean");
         assert_close("vae logvar", dtype, logvar, &r, "logvar");
@@ -148,11 +132,9 @@ fn vae() {
 #[test]
 fn clip_text() {
     let dir = weights().sd15_dir().join("text_encoder");
-    let config = ClipTextConfig::from_file(&dir.join("config.json")).unwrap();
-    let file = TensorFile::open(dir.join("model.safetensors")).unwrap();
     let r = reference("clip_text.safetensors");
     for dtype in DTYPES {
-        let clip = ClipTextTransformer::<Gpu>::load(&config, &file, dtype, &device()).unwrap();
+        let clip = ClipTextTransformer::<Gpu>::from_dir(&dir, dtype, &device()).unwrap();
         let out = clip.forward(tensor::<2>(&r, "input_ids", DType::F32).int());
         assert_close("clip last_hidden_state", dtype, out.last_hidden_state, &r, "last_hidden_state");
         assert_close("clip pooled_output", dtype, out.pooled_output, &r, "pooled_output");
@@ -161,12 +143,9 @@ fn clip_text() {
 
 #[test]
 fn siglip() {
-    let weights = weights();
-    let file = TensorFile::open(weights.siglip_weights().unwrap()).unwrap();
     let r = reference("siglip.safetensors");
     for dtype in DTYPES {
-        let siglip =
-            SiglipVisionTransformer::<Gpu>::load(&weights.siglip_config().unwrap(), &file, dtype, &device()).unwrap();
+        let siglip = SiglipVisionTransformer::<Gpu>::from_hf_dir(&weights().siglip_dir(), dtype, &device()).unwrap();
         let out = siglip.forward(tensor(&r, "pixel_values", dtype));
         assert_close("siglip penultimate", dtype, out.penultimate, &r, "penultimate");
         assert_close("siglip pooled_output", dtype, out.pooled_output.expect("head"), &r, "pooled_output");

@@ -3,14 +3,11 @@
 use burn::tensor::DType;
 use burn_stylecode::siglip::SiglipVisionConfig;
 use burn_stylecode::siglip::SiglipVisionTransformer;
-use burn_stylecode::weights::safetensors::TensorFile;
 use burn_stylecode::weights::JsonConfig;
 use burn_stylecode_tests::*;
 
 fn tiny_siglip() -> burn_stylecode::siglip::SiglipVisionTransformer<TestBackend> {
-    let weights = weights();
-    let file = TensorFile::open(weights.siglip_weights().unwrap()).unwrap();
-    SiglipVisionTransformer::load(&weights.siglip_config().unwrap(), &file, DType::F32, &device()).unwrap()
+    SiglipVisionTransformer::from_hf_dir(&weights().siglip_dir(), DType::F32, &device()).unwrap()
 }
 
 #[test]

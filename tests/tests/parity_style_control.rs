@@ -5,7 +5,6 @@
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn_stylecode::sd::diffusers_weights;
 use burn_stylecode::sd::pipeline::{Settings, StableDiffusion};
 use burn_stylecode::sd::schedulers::SchedulerKind;
 use burn_stylecode::sd::unet_2d::{count_params, UNet2DConditionModel, UNetConfig};
@@ -24,8 +23,7 @@ fn unet_config() -> UNetConfig {
 }
 
 fn tiny_unet() -> UNet2DConditionModel<B> {
-    let file = TensorFile::open(diffusers_weights(&weights().sd15_dir().join("unet")).unwrap()).unwrap();
-    UNet2DConditionModel::load(&unet_config(), &file, DType::F32, &device()).unwrap()
+    UNet2DConditionModel::from_diffusers_dir(&weights().sd15_dir().join("unet"), DType::F32, &device()).unwrap()
 }
 
 fn load_codes(weights: &WeightsDir) -> Result<StyleCodesModel<B>, Error> {

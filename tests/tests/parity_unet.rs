@@ -290,14 +290,7 @@ fn missing_wrong_and_extra_tensors_are_named() {
 fn gradients_flow_through_autodiff() {
     type Ad = burn::backend::Autodiff<TestBackend>;
     let dir = unet_dir();
-    let file = TensorFile::open(diffusers_weights(&dir).unwrap()).unwrap();
-    let unet = UNet2DConditionModel::<Ad>::load(
-        &UNetConfig::from_file(&dir.join("config.json")).unwrap(),
-        &file,
-        DType::F32,
-        &device(),
-    )
-    .unwrap();
+    let unet = UNet2DConditionModel::<Ad>::from_diffusers_dir(&dir, DType::F32, &device()).unwrap();
     let reference = reference("sd15_unet.safetensors");
     let on_ad = |key: &str| tensor::<4>(&reference, key).into_data();
     let sample = Tensor::<Ad, 4>::from_data(on_ad("sample_odd"), &device());
