@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod sd;
 pub mod siglip;
 pub mod style;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// Each top-level module's layer; a module may use lower layers, and
 /// modules of its own layer as long as no cycle forms.
-const LAYERS: [(&str, usize); 9] = [
+const LAYERS: [(&str, usize); 10] = [
     ("error", 0),
     ("nn", 1),
     ("weights", 2),
@@ -17,6 +17,7 @@ const LAYERS: [(&str, usize); 9] = [
     ("style", 3),
     ("pipeline", 4),
     ("import", 4),
+    ("train", 4),
     ("lib", 5),
 ];
 

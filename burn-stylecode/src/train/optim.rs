@@ -49,7 +49,7 @@ struct Flat<B: Backend> {
 /// `[..]` → 1-D f32 (the optimizer's dtype, whatever the model's).
 fn flatten<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Flat<B> {
     let shape = tensor.dims().to_vec();
-    let count = shape.iter().product();
+    let count: usize = shape.iter().product();
     Flat { shape, values: tensor.cast(DType::F32).reshape([count]) }
 }
 
@@ -623,6 +623,12 @@ mod tests {
 
     fn host<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
         t.into_data().into_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn defaults_are_pytorchs() {
+        let c = AdamWConfig::new();
+        assert_eq!((c.lr, c.beta_1, c.beta_2, c.epsilon, c.weight_decay), (1e-3, 0.9, 0.999, 1e-8, 1e-2));
     }
 
     #[test]
