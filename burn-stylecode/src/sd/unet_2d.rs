@@ -502,8 +502,14 @@ impl<B: Backend> UNet2DConditionModel<B> {
         context: &Tensor<B, 3>,
         hook: &mut impl UNetHook<B>,
     ) -> Tensor<B, 4> {
+        self.up_path(self.down_path(sample, timesteps, context), context, hook)
+    }
+
+    /// The time embedding, `conv_in`, the down blocks and the mid block:
+    /// everything before the first hook point. (Training runs it on the
+    /// inner backend, without a tape, and lifts the result.)
+    pub fn down_path(&self, sample: Tensor<B, 4>, timesteps: Tensor<B, 1>, context: &Tensor<B, 3>) -> DownPath<B> {
         let temb = self.batch_time_embedding(timesteps, sample.dims()[0]);
-        let inputs = HookInputs { temb: &temb, context };
         let mut h = self.conv_in(sample);
         let mut skips = Vec::with_capacity(self.down_sub_block_count() + 1);
         skips.push(h.clone());
@@ -511,12 +517,20 @@ impl<B: Backend> UNet2DConditionModel<B> {
             h = self.down_sub_block(i, h, &temb, context);
             skips.push(h.clone());
         }
-        let skips: Vec<_> = skips.into_iter().enumerate().map(|(i, skip)| hook.skip(i, skip)).collect();
-        h = hook.after_mid(self.mid_block(h, &temb, context), &inputs);
-        let mut skips = skips;
+        let mid = self.mid_block(h, &temb, context);
+        DownPath { mid, skips, temb }
+    }
+
+    /// The hook points and the up blocks, from a [`down_path`](Self::down_path):
+    /// → predicted noise.
+    pub fn up_path(&self, down: DownPath<B>, context: &Tensor<B, 3>, hook: &mut impl UNetHook<B>) -> Tensor<B, 4> {
+        let DownPath { mid, skips, temb } = down;
+        let inputs = HookInputs { temb: &temb, context };
+        let mut skips: Vec<_> = skips.into_iter().enumerate().map(|(i, skip)| hook.skip(i, skip)).collect();
+        let mut h = hook.after_mid(mid, &inputs);
         for index in 0..self.up_sub_block_count() {
             let skip = skips.pop().expect("one skip per up sub-block");
-            let step = UpStep { index, skip_dims: skip.dims(), upsample_to: skips.last().map(|next| spatial(next)) };
+            let step = UpStep { index, skip_dims: skip.dims(), upsample_to: skips.last().map(spatial) };
             h = self.up_sub_block(index, Tensor::cat(vec![h, skip], 1), &temb, context, step.upsample_to);
             h = hook.after_up(step, h, &inputs);
         }
@@ -541,6 +555,15 @@ impl<B: Backend> UNet2DConditionModel<B> {
     pub fn param_count(&self) -> usize {
         count_params::<B, _>(self)
     }
+}
+
+/// The UNet's state at the first hook point: the mid block's output, every
+/// skip (in the order made) and the time embedding.
+#[derive(Debug, Clone)]
+pub struct DownPath<B: Backend> {
+    pub mid: Tensor<B, 4>,
+    pub skips: Vec<Tensor<B, 4>>,
+    pub temb: Tensor<B, 2>,
 }
 
 /// [H, W] of an image tensor.
