@@ -55,6 +55,21 @@ impl<B: Backend> StyleCodesModel<B> {
     }
 }
 
+/// Where the [`StyleCodesModel`] parameter at `path` (`autoencoder.…` or
+/// `control.…`, as burn names it) sits in the official state dict: the same
+/// maps the loader reads through, for gradients and export.
+pub fn official_source(path: &str) -> Option<Source> {
+    let prefixed = |source: Source, prefix: &str| match source {
+        Source::Tensor(key) => Source::Tensor(format!("{prefix}{key}")),
+        Source::Rows { key, index, parts } => Source::Rows { key: format!("{prefix}{key}"), index, parts },
+    };
+    if let Some(rest) = path.strip_prefix("autoencoder.") {
+        Some(prefixed(autoencoder_source(rest), "sref_autoencoder."))
+    } else {
+        path.strip_prefix("control.").map(control_source)
+    }
+}
+
 /// The autoencoder's output feeds the control branch's mid block.
 pub(crate) fn check_fits_base(autoencoder: &AutoencoderConfig, base: &UNetConfig) -> Result<()> {
     let mid_channels = base.block_out_channels.last().copied().unwrap_or(0);

@@ -93,8 +93,10 @@ impl<B: Backend> Mixer<B> {
     fn new(width: usize, init: MixInit, device: &B::Device) -> Self {
         let mut linear = LinearConfig::new(width, width).with_initializer(Initializer::Zeros).init(device);
         if init == MixInit::Identity {
-            // `map` keeps the parameter's id and its layout mappers.
-            linear.weight = linear.weight.map(|zeros| zeros + Tensor::eye(width, device));
+            // `map` keeps the parameter's id and its layout mappers, but takes
+            // `require_grad` from the new value: make the sum a leaf and mark
+            // it, or the mixers would never train (tests/tests/train_step.rs).
+            linear.weight = linear.weight.map(|zeros| (zeros + Tensor::eye(width, device)).detach().require_grad());
         }
         Self { linear, residual: init == MixInit::ZeroResidual }
     }

@@ -12,7 +12,7 @@ pub mod control;
 pub mod encoder;
 
 pub(crate) use checkpoint::check_fits_base;
-pub use checkpoint::{stylecodes_weights, StyleCodesModel};
+pub use checkpoint::{official_source, stylecodes_weights, StyleCodesModel};
 pub use code::{CodeFormat, StyleCode, WeightedCode};
 pub use condition::StyleCondition;
 pub use config::StylecodesConfig;

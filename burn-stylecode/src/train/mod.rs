@@ -4,8 +4,10 @@
 //! [`optim`] is the optimizer layer: AdamW, global-norm clipping, gradient
 //! accumulation and learning-rate schedules exactly as PyTorch and diffusers
 //! compute them, with a state keyed by parameter path so that a checkpoint
-//! resumes into freshly loaded weights.
+//! resumes into freshly loaded weights. [`step`] is the loss of one step:
+//! frozen networks off the tape, the autoencoder and control branch on it.
 
 pub mod optim;
+pub mod step;
 
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator, Grads, LrSchedule, OptimizerState, ParamState};

@@ -1,0 +1,203 @@
+//! The training step against its PyTorch twin
+//! (`fixtures/make_train_step_fixtures.py`): the release's StyleCodesModel
+//! wiring on the tiny models, the autoencoder trained through the
+//! straight-through quantiser, torch.optim.AdamW, 3 optimizer steps of 2
+//! accumulated micro-batches with global-norm clipping active in one.
+//! Every loss, the step-1 gradients and every trainable tensor after step 3
+//! must match at 1e-4 of their scale.
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn_stylecode::sd::clip::ClipTextTransformer;
+use burn_stylecode::sd::schedulers::{train_alphas_cumprod, SchedulerConfig};
+use burn_stylecode::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
+use burn_stylecode::siglip::SiglipVisionTransformer;
+use burn_stylecode::style::{official_source, StyleCodesModel};
+use burn_stylecode::train::step::{loss, Batch, Frozen};
+use burn_stylecode::train::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator, Grads};
+use burn_stylecode::weights::safetensors::TensorFile;
+use burn_stylecode::weights::{JsonConfig, Source};
+use burn_stylecode_tests::*;
+
+type Ad = burn::backend::Autodiff<TestBackend>;
+
+fn json() -> serde_json::Value {
+    reference_json("train_step.json")
+}
+
+fn model_and_frozen() -> (StyleCodesModel<Ad>, Frozen<Ad>) {
+    let weights = weights();
+    let sd15 = weights.sd15_dir();
+    let base_config = UNetConfig::from_file(&sd15.join("unet").join("config.json")).unwrap();
+    let mut config = weights.stylecodes_config().unwrap();
+    // The twin runs the autoencoder without dropout: its masks cannot be shared.
+    config.autoencoder.dropout = 0.0;
+    let file = TensorFile::open(weights.stylecodes_weights().unwrap()).unwrap();
+    let model = StyleCodesModel::<Ad>::load(&config, &base_config, &file, DType::F32, &device()).unwrap();
+    let scheduler = SchedulerConfig::from_file(&sd15.join("scheduler").join("scheduler_config.json")).unwrap();
+    let frozen = Frozen::new(
+        SiglipVisionTransformer::from_hf_dir(&weights.siglip_dir(), DType::F32, &device()).unwrap(),
+        ClipTextTransformer::from_dir(&sd15.join("text_encoder"), DType::F32, &device()).unwrap(),
+        UNet2DConditionModel::<Ad>::from_diffusers_dir(&sd15.join("unet"), DType::F32, &device()).unwrap(),
+        train_alphas_cumprod(&scheduler).unwrap(),
+    );
+    (model, frozen)
+}
+
+fn micro_batch(file: &TensorFile, k: usize) -> Batch<TestBackend> {
+    let key = |name: &str| format!("micro.{k}.{name}");
+    let timesteps = file.read_f32(&key("timesteps")).unwrap().into_iter().map(|t| t as usize).collect();
+    Batch {
+        style_pixels: tensor(file, &key("style_pixels")),
+        latent_mean: tensor(file, &key("latent_mean")),
+        latent_logvar: tensor(file, &key("latent_logvar")),
+        posterior_noise: tensor(file, &key("posterior_noise")),
+        prompt_ids: tensor::<2>(file, &key("prompt_ids")).int(),
+        keep_style: tensor(file, &key("keep_style")),
+        timesteps,
+        noise: tensor(file, &key("noise")),
+    }
+}
+
+/// The reference tensor for a burn parameter: the official key, or its row
+/// block of a packed q/k/v tensor.
+fn official_values(file: &TensorFile, prefix: &str, path: &str) -> Vec<f32> {
+    match official_source(path).unwrap_or_else(|| panic!("no official name for `{path}`")) {
+        Source::Tensor(key) => file.read_f32(&format!("{prefix}{key}")).unwrap(),
+        Source::Rows { key, index, parts } => {
+            let values = file.read_f32(&format!("{prefix}{key}")).unwrap();
+            let block = values.len() / parts;
+            values[index * block..(index + 1) * block].to_vec()
+        }
+    }
+}
+
+fn values<const D: usize>(tensor: Tensor<TestBackend, D>) -> Vec<f32> {
+    tensor.into_data().convert::<f32>().into_vec().unwrap()
+}
+
+/// Every float parameter of `module` with its burn path.
+fn parameters(model: &StyleCodesModel<Ad>) -> Vec<(String, Vec<f32>)> {
+    struct Collect(Vec<String>, Vec<(String, Vec<f32>)>);
+    impl burn::module::ModuleVisitor<Ad> for Collect {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.0.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<Ad, D>>) {
+            let flat = param.val().inner().reshape([-1]);
+            self.1.push((self.0.join("."), values::<1>(flat)));
+        }
+    }
+    let mut collect = Collect(Vec::new(), Vec::new());
+    model.visit(&mut collect);
+    collect.1
+}
+
+#[test]
+fn three_steps_match_the_pytorch_twin() {
+    let json = json();
+    let file = reference("train_step.safetensors");
+    let (mut model, frozen) = model_and_frozen();
+    let accumulation = json["accumulation"].as_u64().unwrap() as usize;
+    let max_norm = json["max_norm"].as_f64().unwrap();
+    let scale = json["scale"].as_f64().unwrap();
+    let betas = json["betas"].as_array().unwrap();
+    let config = AdamWConfig::new()
+        .with_lr(json["lr"].as_f64().unwrap())
+        .with_beta_1(betas[0].as_f64().unwrap())
+        .with_beta_2(betas[1].as_f64().unwrap())
+        .with_epsilon(json["eps"].as_f64().unwrap())
+        .with_weight_decay(json["weight_decay"].as_f64().unwrap());
+    let mut optim = AdamW::<Ad>::new(config);
+
+    let (mut losses, mut norms) = (Vec::new(), Vec::new());
+    let mut vanishing = Vec::new();
+    for step in 0..json["steps"].as_u64().unwrap() as usize {
+        let mut accumulator = GradAccumulator::new();
+        for micro in 0..accumulation {
+            let value = loss(&model, &frozen, &micro_batch(&file, step * accumulation + micro), scale);
+            losses.push(values(value.clone().inner())[0]);
+            accumulator.accumulate(Grads::from_backward((value / accumulation as f32).backward(), &model));
+        }
+        let mut grads = accumulator.take();
+        if step == 0 {
+            let trainable = parameters(&model).len();
+            let with: Vec<&str> = grads.paths().collect();
+            let missing: Vec<String> =
+                parameters(&model).into_iter().map(|(p, _)| p).filter(|p| !with.contains(&p.as_str())).collect();
+            assert!(missing.is_empty(), "no gradient for {missing:?}");
+            assert_eq!(grads.len(), trainable, "every trainable tensor gets a gradient, and only those");
+            let expected: Vec<(&str, Vec<f32>)> =
+                grads.paths().map(|path| (path, official_values(&file, "grad.", path))).collect();
+            let global = expected.iter().flat_map(|(_, e)| e.iter()).fold(0f32, |m, x| m.max(x.abs()));
+            let mut worst = 0f32;
+            for (path, expected) in &expected {
+                let actual = values(grads.flat(path).unwrap());
+                let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+                if scale < 1e-6 * global {
+                    // Mathematically zero (an attention key's bias cancels in
+                    // the softmax): both sides are rounding noise.
+                    let noise = actual.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    assert!(noise < 1e-5 * global, "{path}: gradient {noise} should vanish");
+                    vanishing.push(path.to_string());
+                    continue;
+                }
+                worst = worst.max(assert_close_values(path, &actual, expected));
+            }
+            println!("step-1 gradients of {trainable} tensors: max relative error {worst:e}");
+        }
+        norms.push(clip_grad_norm(&mut grads, max_norm).unwrap());
+        model = optim.step(optim.config().lr, model, grads);
+    }
+    assert_close_values("losses", &losses, &file.read_f32("losses").unwrap());
+    assert_close_values("total norms", &norms, &file.read_f32("norms").unwrap());
+    let clipped: Vec<bool> = norms.iter().map(|&n| f64::from(n) > max_norm).collect();
+    assert_eq!(clipped.iter().filter(|&&c| c).count(), 1, "clipping is active in exactly one step");
+
+    // Only two kinds of tensor have a vanishing gradient: attention key biases
+    // (they shift every score alike) and the decoder's cross-attention q/k
+    // (one memory token: the softmax is 1 whatever they are). AdamW turns
+    // their rounding noise into full-size steps of either sign, so they
+    // cannot be compared after training (in PyTorch too they move at random).
+    let explained = |p: &String| {
+        p.ends_with("k_proj.bias")
+            || (p.contains(".multihead_attn.") && (p.contains(".q_proj.") || p.contains(".k_proj.")))
+    };
+    assert!(vanishing.iter().all(explained), "{vanishing:?}");
+    let mut worst = 0f32;
+    for (path, actual) in parameters(&model).into_iter().filter(|(p, _)| !vanishing.contains(p)) {
+        worst = worst.max(assert_close_values(&path, &actual, &official_values(&file, "final.", &path)));
+    }
+    println!("parameters after 3 steps: max relative error {worst:e}");
+    let (initial, _) = model_and_frozen();
+    let moved =
+        parameters(&initial).iter().zip(parameters(&model)).filter(|((_, before), (_, after))| before != after).count();
+    assert_eq!(moved, parameters(&model).len(), "training moves every trainable tensor");
+}
+
+#[test]
+fn the_frozen_base_gets_no_gradient() {
+    let (model, frozen) = model_and_frozen();
+    let file = reference("train_step.safetensors");
+    let value = loss(&model, &frozen, &micro_batch(&file, 0), 1.0);
+    let gradients = value.backward();
+    let base = Grads::<Ad>::from_backward(gradients, frozen.unet());
+    assert!(base.is_empty(), "base UNet parameters with gradients: {:?}", base.paths().collect::<Vec<_>>());
+    let mut count = 0;
+    frozen.unet().visit(&mut CountRequireGrad(&mut count));
+    assert_eq!(count, 0, "the base UNet requires no gradient");
+}
+
+struct CountRequireGrad<'a>(&'a mut usize);
+
+impl burn::module::ModuleVisitor<Ad> for CountRequireGrad<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<Ad, D>>) {
+        if param.val().is_require_grad() {
+            *self.0 += 1;
+        }
+    }
+}
