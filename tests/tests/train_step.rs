@@ -201,3 +201,29 @@ impl burn::module::ModuleVisitor<Ad> for CountRequireGrad<'_> {
         }
     }
 }
+
+/// What training writes loads back exactly, in the official layout: every
+/// tensor of the fixture's checkpoint (packed q/k/v included) round-trips.
+#[test]
+fn the_model_saves_in_the_official_layout() {
+    let (model, _) = model_and_frozen();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stylecodes.safetensors");
+    model.save(&path).unwrap();
+    let saved = TensorFile::open(&path).unwrap();
+    let original = TensorFile::open(weights().stylecodes_weights().unwrap()).unwrap();
+    let mut keys: Vec<&str> = original.keys().filter(|k| !k.ends_with("pos_encoder.pe")).collect();
+    keys.sort();
+    let mut written: Vec<&str> = saved.keys().collect();
+    written.sort();
+    assert_eq!(written, keys, "the same tensors, without the computed positional table");
+    for key in keys {
+        assert_eq!(saved.shape(key), original.shape(key), "{key}");
+        assert_eq!(saved.read_f32(key).unwrap(), original.read_f32(key).unwrap(), "{key}");
+    }
+    // And the loader takes it.
+    let config = weights().stylecodes_config().unwrap();
+    let base = UNetConfig::from_file(&weights().sd15_dir().join("unet").join("config.json")).unwrap();
+    StyleCodesModel::<TestBackend>::load(&config, &base, &saved, DType::F32, &device()).unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
+}

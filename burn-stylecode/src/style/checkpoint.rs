@@ -9,14 +9,16 @@ use super::control::{StyleControl, StyleControlConfig};
 use crate::error::{Error, Result};
 use crate::sd::unet_2d::UNetConfig;
 use crate::sd::unet_key;
+use crate::weights::safetensors::{write_f32, F32Tensor};
 use crate::weights::JsonConfig;
 use crate::weights::{
     expected_tensors, find_prefix, load_module, norm_names, packed_projection, ExpectedTensor, KeyMap, Source,
     TensorFile,
 };
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::DType;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Where the state dict may sit in a file.
@@ -67,6 +69,62 @@ pub fn official_source(path: &str) -> Option<Source> {
         Some(prefixed(autoencoder_source(rest), "sref_autoencoder."))
     } else {
         path.strip_prefix("control.").map(control_source)
+    }
+}
+
+impl<B: Backend> StyleCodesModel<B> {
+    /// Every parameter in the official key names, as f32 (packed q/k/v
+    /// projections packed again), in the order of the module.
+    pub fn official_tensors(&self) -> Result<Vec<F32Tensor>> {
+        struct Collect {
+            path: Vec<String>,
+            out: Vec<(String, Vec<usize>, TensorData)>,
+        }
+        impl<B: Backend> ModuleVisitor<B> for Collect {
+            fn enter_module(&mut self, name: &str, _: &str) {
+                self.path.push(name.to_string());
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.path.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                let value = param.val();
+                self.out.push((self.path.join("."), value.dims().to_vec(), value.into_data()));
+            }
+        }
+        let mut collect = Collect { path: Vec::new(), out: Vec::new() };
+        self.visit(&mut collect);
+
+        let mut tensors: Vec<F32Tensor> = Vec::new();
+        // Packed tensors: key → index in `tensors`.
+        let mut packed: BTreeMap<String, usize> = BTreeMap::new();
+        for (path, shape, data) in collect.out {
+            let values = data
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| Error::ReadBack { what: "a StyleCodes parameter", message: format!("`{path}`: {e:?}") })?;
+            match official_source(&path) {
+                Some(Source::Tensor(key)) => tensors.push((key, shape, values)),
+                Some(Source::Rows { key, index, parts }) => {
+                    let at = *packed.entry(key.clone()).or_insert_with(|| {
+                        let mut full = shape.clone();
+                        full[0] *= parts;
+                        tensors.push((key, full, vec![0.0; values.len() * parts]));
+                        tensors.len() - 1
+                    });
+                    tensors[at].2[index * values.len()..(index + 1) * values.len()].copy_from_slice(&values);
+                }
+                None => unreachable!("every StyleCodesModel parameter is under `autoencoder.` or `control.`"),
+            }
+        }
+        Ok(tensors)
+    }
+
+    /// Writes the model as a `stylecodes.safetensors` in the official key
+    /// layout (F32), atomically. The positional table is left out: the
+    /// loader computes it.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_f32(path, &self.official_tensors()?)
     }
 }
 

@@ -204,6 +204,40 @@ fn aligned<T: bytemuck::Pod, R>(src: &[u8], f: impl FnOnce(&[T]) -> R) -> R {
     }
 }
 
+/// One tensor to write: name, shape, f32 values.
+pub type F32Tensor = (String, Vec<usize>, Vec<f32>);
+
+/// Writes `tensors` as an F32 safetensors file, atomically: a temporary
+/// file beside `path`, synced, then renamed over it, so a crash or a full
+/// disk never leaves a partial file (the previous one stays intact).
+pub fn write_f32(path: &Path, tensors: &[F32Tensor]) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| bytemuck::cast_slice(v).to_vec()).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| Error::Safetensors { path: path.to_path_buf(), message: format!("`{name}`: {e}") })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let data = safetensors::serialize(views, None)
+        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut temp = tempfile::Builder::new()
+        .prefix(".stylecode-")
+        .suffix(".part")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    std::io::Write::write_all(temp.as_file_mut(), &data).map_err(|e| Error::io(path, e))?;
+    temp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    temp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
