@@ -4,12 +4,12 @@
 
 use crate::nn::attention::attend;
 use crate::nn::{
-    image_to_tokens, tokens_to_image, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+    gelu, image_to_tokens, tokens_to_image, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
 };
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 
 use super::resnet::conv1x1;
 

@@ -9,12 +9,12 @@
 
 use crate::error::Result;
 use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
-use crate::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use crate::nn::{gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use crate::weights::JsonConfig;
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::activation::sigmoid;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// transformers' `CLIPTextConfig`; unset fields take transformers' defaults

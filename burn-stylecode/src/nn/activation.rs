@@ -1,0 +1,50 @@
+//! Activations whose gradient burn 0.21 gets wrong on some backends.
+
+use burn::prelude::*;
+use burn::tensor::activation;
+
+/// GELU, exact (erf), as PyTorch's `F.gelu`. Under autodiff it is composed
+/// from `erf`, so its gradient is exact on every backend: burn 0.21's
+/// default `gelu_backward` is the derivative of the tanh approximation
+/// (only burn-flex overrides it), which would skew training on wgpu and CUDA.
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if B::ad_enabled(&x.device()) {
+        (x.clone() * ((x / std::f64::consts::SQRT_2).erf() + 1.0)) * 0.5
+    } else {
+        activation::gelu(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+
+    #[test]
+    fn gradient_is_the_exact_derivative() {
+        let points = [-3.0f32, -1.0, -0.3, 0.0, 0.5, 2.0];
+        let x = Tensor::<Autodiff<Flex>, 1>::from_floats(points, &Default::default()).require_grad();
+        let y = gelu(x.clone());
+        let grads = y.clone().sum().backward();
+        let grad = x.grad(&grads).unwrap().into_data().into_vec::<f32>().unwrap();
+        let forward = y.inner().into_data().into_vec::<f32>().unwrap();
+        for ((&p, &g), &f) in points.iter().zip(&grad).zip(&forward) {
+            let (p, pi) = (f64::from(p), std::f64::consts::PI);
+            let cdf = 0.5 * (1.0 + erf(p / std::f64::consts::SQRT_2));
+            let exact = cdf + p * (-p * p / 2.0).exp() / (2.0 * pi).sqrt();
+            assert!((f64::from(g) - exact).abs() < 1e-5, "gelu'({p}) = {g}, exact {exact}");
+            assert!((f64::from(f) - p * cdf).abs() < 1e-5, "gelu({p}) = {f}");
+        }
+    }
+
+    /// Abramowitz–Stegun 7.1.26 is not exact enough; this series is (|x| ≤ 3).
+    fn erf(x: f64) -> f64 {
+        let mut term = x;
+        let mut sum = x;
+        for n in 1..80 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+}
