@@ -7,6 +7,7 @@
 //! resumes into freshly loaded weights. [`step`] is the loss of one step:
 //! frozen networks off the tape, the autoencoder and control branch on it.
 
+pub mod data;
 pub mod optim;
 pub mod step;
 
