@@ -1,6 +1,9 @@
 //! Training of the StyleCodes model (the style autoencoder and the control
-//! branch), with PyTorch parity (issue 11).
+//! branch), with PyTorch parity (issue 11; the run loop and the commands
+//! are still to come).
 //!
+//! [`data`] reads a `manifest.jsonl` dataset, crops targets as diffusers'
+//! scripts do, and orders and drops out samples reproducibly.
 //! [`optim`] is the optimizer layer: AdamW, global-norm clipping, gradient
 //! accumulation and learning-rate schedules exactly as PyTorch and diffusers
 //! compute them, with a state keyed by parameter path so that a checkpoint
