@@ -3,10 +3,9 @@
 //! every bad manifest entry with and without `skip_bad`, the resumable data
 //! order and the dropout masks.
 
-use burn_stylecode::siglip::preprocess::load_rgb;
+use burn_stylecode::siglip::preprocess::{load_rgb, resize_bilinear};
 use burn_stylecode::train::data::{
-    check_resolution, preprocess_target, resize_bilinear, write_skipped, Dataset, DatasetOptions, Dropout, Order,
-    OrderPosition, Skipped,
+    check_resolution, preprocess_target, write_skipped, Dataset, DatasetOptions, Dropout, Order, OrderPosition, Skipped,
 };
 use burn_stylecode::Error;
 use burn_stylecode_tests::{device, fixtures, reference, TestBackend};

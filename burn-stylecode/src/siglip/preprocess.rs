@@ -1,6 +1,7 @@
 //! Image loading and SigLIP preprocessing, as transformers'
 //! `SiglipImageProcessor`: RGB, bicubic resize to the model size (no crop),
-//! rescale by 1/255, normalise with mean 0.5 and std 0.5.
+//! rescale by 1/255, normalise with mean 0.5 and std 0.5. Also the bilinear
+//! resize of training targets: one Pillow resampler, two kernels.
 
 use crate::error::{Error, Result};
 use burn::prelude::*;
@@ -16,27 +17,23 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
     Ok(image.to_rgb8())
 }
 
-/// Pillow's bicubic resize (`Image.resize(size, BICUBIC)`), bit for bit:
-/// separable, with the kernel widened by the scale factor when shrinking
-/// (antialiasing), horizontal pass first, and Pillow's 8-bit fixed-point
-/// arithmetic (22-bit coefficients, rounding to 8 bits after each pass).
-pub fn resize_bicubic(image: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let (in_w, in_h) = image.dimensions();
-    let mut out = image.clone();
-    if width != in_w {
-        out = resample_pass(&out, width, Axis::Horizontal);
-    }
-    if height != in_h {
-        out = resample_pass(&out, height, Axis::Vertical);
-    }
-    out
+/// A Pillow resampling filter: its support at scale 1 and its kernel.
+struct Filter {
+    support: f64,
+    kernel: fn(f64) -> f64,
 }
 
-#[derive(Clone, Copy)]
-enum Axis {
-    Horizontal,
-    Vertical,
+/// Pillow's `bilinear_filter`: a triangle of half-width 1.
+fn triangle(x: f64) -> f64 {
+    let x = x.abs();
+    if x < 1.0 {
+        1.0 - x
+    } else {
+        0.0
+    }
 }
+
+const BILINEAR: Filter = Filter { support: 1.0, kernel: triangle };
 
 /// Keys' cubic convolution with a = -0.5, Pillow's `bicubic_filter`.
 fn bicubic(x: f64) -> f64 {
@@ -51,28 +48,34 @@ fn bicubic(x: f64) -> f64 {
     }
 }
 
+const BICUBIC: Filter = Filter { support: 2.0, kernel: bicubic };
+
 /// Fixed-point precision of Pillow's 8-bit resampling coefficients.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// For each output index: the first input index and the fixed-point weights.
-fn coefficients(in_size: u32, out_size: u32) -> Vec<(usize, Vec<i32>)> {
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`: for each output
+/// index, the first input index and the 22-bit weights. Shrinking widens the
+/// kernel by the scale (antialiasing).
+fn coefficients(in_size: u32, out_size: u32, filter: &Filter) -> Vec<(usize, Vec<i32>)> {
     let scale = f64::from(in_size) / f64::from(out_size);
     let filter_scale = scale.max(1.0);
-    let support = 2.0 * filter_scale;
+    let support = filter.support * filter_scale;
+    let ss = 1.0 / filter_scale;
+    let one = f64::from(1u32 << PRECISION_BITS);
     (0..out_size)
         .map(|i| {
             let center = (f64::from(i) + 0.5) * scale;
-            let min = ((center - support + 0.5).floor().max(0.0)) as usize;
-            let max = ((center + support + 0.5).floor() as usize).min(in_size as usize);
-            let weights: Vec<f64> = (min..max).map(|j| bicubic((j as f64 - center + 0.5) / filter_scale)).collect();
+            // C's `(int)` truncates toward zero, then the clamps.
+            let min = ((center - support + 0.5) as i64).max(0) as usize;
+            let max = ((center + support + 0.5) as i64).min(i64::from(in_size)) as usize;
+            let weights: Vec<f64> = (min..max).map(|j| (filter.kernel)((j as f64 - center + 0.5) * ss)).collect();
             let total: f64 = weights.iter().sum();
-            let one = f64::from(1u32 << PRECISION_BITS);
             let fixed = weights
                 .iter()
-                .map(|w| {
-                    let w = if total != 0.0 { w / total } else { *w };
-                    // Pillow rounds half away from zero, then truncates.
-                    (if w < 0.0 { w * one - 0.5 } else { w * one + 0.5 }).trunc() as i32
+                .map(|&w| {
+                    let w = if total != 0.0 { w / total } else { w };
+                    // Half away from zero, then truncation.
+                    (if w < 0.0 { -0.5 + w * one } else { 0.5 + w * one }) as i32
                 })
                 .collect();
             (min, fixed)
@@ -80,40 +83,64 @@ fn coefficients(in_size: u32, out_size: u32) -> Vec<(usize, Vec<i32>)> {
         .collect()
 }
 
-fn resample_pass(image: &RgbImage, out_size: u32, axis: Axis) -> RgbImage {
+/// One separable pass along x (`horizontal`) or y, rounding to 8 bits as Pillow does.
+fn resample_pass(image: &RgbImage, out_size: u32, horizontal: bool, filter: &Filter) -> RgbImage {
     let (w, h) = image.dimensions();
-    let (out_w, out_h, in_size) = match axis {
-        Axis::Horizontal => (out_size, h, w),
-        Axis::Vertical => (w, out_size, h),
-    };
-    let coeffs = coefficients(in_size, out_size);
+    let (out_w, out_h) = if horizontal { (out_size, h) } else { (w, out_size) };
+    let coeffs = coefficients(if horizontal { w } else { h }, out_size, filter);
     let src = image.as_raw();
-    let mut out = RgbImage::new(out_w, out_h);
-    let dst: &mut [u8] = &mut out;
+    let row = w as usize * 3;
     let half = 1i64 << (PRECISION_BITS - 1);
-    for y in 0..out_h as usize {
-        for x in 0..out_w as usize {
-            let (start, weights, step, base) = match axis {
-                Axis::Horizontal => {
-                    let (start, weights) = &coeffs[x];
-                    (*start, weights, 3, y * w as usize * 3)
-                }
-                Axis::Vertical => {
-                    let (start, weights) = &coeffs[y];
-                    (*start, weights, w as usize * 3, x * 3)
-                }
-            };
-            for c in 0..3 {
-                let sum: i64 = weights
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &wgt)| i64::from(wgt) * i64::from(src[base + (start + k) * step + c]))
-                    .sum();
-                dst[(y * out_w as usize + x) * 3 + c] = ((sum + half) >> PRECISION_BITS).clamp(0, 255) as u8;
-            }
+    let mut out = RgbImage::new(out_w, out_h);
+    for (index, pixel) in out.pixels_mut().enumerate() {
+        let (x, y) = (index % out_w as usize, index / out_w as usize);
+        let ((start, weights), base, step) = match horizontal {
+            true => (&coeffs[x], y * row, 3),
+            false => (&coeffs[y], x * 3, row),
+        };
+        for c in 0..3 {
+            let sum: i64 = weights
+                .iter()
+                .enumerate()
+                .map(|(k, &wgt)| i64::from(wgt) * i64::from(src[base + (start + k) * step + c]))
+                .sum();
+            pixel.0[c] = ((sum + half) >> PRECISION_BITS).clamp(0, 255) as u8;
         }
     }
     out
+}
+
+/// Pillow's `Image.resize((width, height), filter)` on RGB, bit for bit,
+/// each pass only where the size changes. The order of the passes matters
+/// (each rounds to 8 bits): Pillow ≥ 13 (python-pillow/Pillow#9549) runs the
+/// vertical pass first when the height shrinks by more than twice as many
+/// pixels as the width, `in_h >= h && in_h - h > (in_w - w) * 2`, and the
+/// horizontal pass first otherwise (older Pillow always horizontal first, so
+/// tall images shrunk more in height differ from it by ±1 in some values).
+fn resize(image: &RgbImage, width: u32, height: u32, filter: &Filter) -> RgbImage {
+    let (in_w, in_h) = image.dimensions();
+    let (dw, dh) = (i64::from(in_w) - i64::from(width), i64::from(in_h) - i64::from(height));
+    let vertical_first = dh >= 0 && dh > dw * 2;
+    let mut out = image.clone();
+    for horizontal in if vertical_first { [false, true] } else { [true, false] } {
+        out = match horizontal {
+            true if width != in_w => resample_pass(&out, width, true, filter),
+            false if height != in_h => resample_pass(&out, height, false, filter),
+            _ => out,
+        };
+    }
+    out
+}
+
+/// Pillow's `Image.resize(size, BICUBIC)`: SigLIP's preprocessing.
+pub fn resize_bicubic(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+    resize(image, width, height, &BICUBIC)
+}
+
+/// Pillow's `Image.resize(size, BILINEAR)`: torchvision's `Resize` on PIL
+/// images, as diffusers' training scripts crop their targets.
+pub fn resize_bilinear(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+    resize(image, width, height, &BILINEAR)
 }
 
 /// Resizes each image to `size`×`size` and stacks them as normalised
@@ -138,7 +165,18 @@ mod tests {
     #[test]
     fn weights_sum_to_one_and_cover_support() {
         for (in_size, out_size) in [(320, 224), (150, 224), (7, 3)] {
-            for (start, weights) in coefficients(in_size, out_size) {
+            for (start, weights) in coefficients(in_size, out_size, &BICUBIC) {
+                let total: i32 = weights.iter().sum();
+                assert!((total - (1 << PRECISION_BITS)).abs() <= weights.len() as i32, "{total}");
+                assert!(start + weights.len() <= in_size as usize);
+            }
+        }
+    }
+
+    #[test]
+    fn bilinear_weights_sum_to_one_and_stay_inside() {
+        for (in_size, out_size) in [(200, 21), (9, 16), (7, 3), (5, 5)] {
+            for (start, weights) in coefficients(in_size, out_size, &BILINEAR) {
                 let total: i32 = weights.iter().sum();
                 assert!((total - (1 << PRECISION_BITS)).abs() <= weights.len() as i32, "{total}");
                 assert!(start + weights.len() <= in_size as usize);
