@@ -5,14 +5,14 @@
 //! freshly loaded weights.
 
 use burn::backend::{Autodiff, Flex};
-use burn::module::{list_param_ids, Module, ModuleVisitor, Param};
+use burn::module::{list_param_ids, Module, Param};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn_stylecode::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn_stylecode::train::optim::{
     clip_grad_norm, AdamW, AdamWConfig, GradAccumulator, Grads, LrSchedule, OptimizerState,
 };
-use burn_stylecode::weights::{load_module, norm_names, KeyMap, Source, TensorFile};
+use burn_stylecode::weights::{load_module, norm_names, param_values, KeyMap, Source, TensorFile};
 use burn_stylecode_tests::{assert_close_values, reference, reference_json};
 use std::ops::Range;
 use std::path::Path;
@@ -59,26 +59,7 @@ fn load(file: &TensorFile, prefix: &str) -> Tiny<B> {
 
 /// Every float parameter: burn path, shape, values.
 fn parameters<M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    #[derive(Default)]
-    struct Collect {
-        path: Vec<String>,
-        out: Vec<(String, Vec<usize>, Vec<f32>)>,
-    }
-    impl ModuleVisitor<B> for Collect {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let value = param.val();
-            self.out.push((self.path.join("."), value.dims().to_vec(), value.into_data().into_vec::<f32>().unwrap()));
-        }
-    }
-    let mut collect = Collect::default();
-    module.visit(&mut collect);
-    collect.out
+    param_values(module).into_iter().map(|(path, shape, data)| (path, shape, data.into_vec::<f32>().unwrap())).collect()
 }
 
 /// Writes `model`'s parameters under their PyTorch names, as a checkpoint would.

@@ -17,7 +17,7 @@ use burn_stylecode::style::{official_source, StyleCodesModel};
 use burn_stylecode::train::step::{loss, Batch, Frozen};
 use burn_stylecode::train::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator, Grads};
 use burn_stylecode::weights::safetensors::TensorFile;
-use burn_stylecode::weights::{JsonConfig, Source};
+use burn_stylecode::weights::{param_values, JsonConfig, Source};
 use burn_stylecode_tests::*;
 
 type Ad = burn::backend::Autodiff<TestBackend>;
@@ -79,22 +79,7 @@ fn values<const D: usize>(tensor: Tensor<TestBackend, D>) -> Vec<f32> {
 
 /// Every float parameter of `module` with its burn path.
 fn parameters(model: &StyleCodesModel<Ad>) -> Vec<(String, Vec<f32>)> {
-    struct Collect(Vec<String>, Vec<(String, Vec<f32>)>);
-    impl burn::module::ModuleVisitor<Ad> for Collect {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.0.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.0.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<Ad, D>>) {
-            let flat = param.val().inner().reshape([-1]);
-            self.1.push((self.0.join("."), values::<1>(flat)));
-        }
-    }
-    let mut collect = Collect(Vec::new(), Vec::new());
-    model.visit(&mut collect);
-    collect.1
+    param_values(model).into_iter().map(|(path, _, data)| (path, data.convert::<f32>().into_vec().unwrap())).collect()
 }
 
 #[test]

@@ -12,10 +12,10 @@ use crate::sd::unet_key;
 use crate::weights::safetensors::{write_f32, F32Tensor};
 use crate::weights::JsonConfig;
 use crate::weights::{
-    expected_tensors, find_prefix, load_module, norm_names, packed_projection, ExpectedTensor, KeyMap, Source,
-    TensorFile,
+    expected_tensors, find_prefix, load_module, norm_names, packed_projection, param_values, ExpectedTensor, KeyMap,
+    Source, TensorFile,
 };
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::DType;
 use std::collections::BTreeMap;
@@ -76,29 +76,10 @@ impl<B: Backend> StyleCodesModel<B> {
     /// Every parameter in the official key names, as f32 (packed q/k/v
     /// projections packed again), in the order of the module.
     pub fn official_tensors(&self) -> Result<Vec<F32Tensor>> {
-        struct Collect {
-            path: Vec<String>,
-            out: Vec<(String, Vec<usize>, TensorData)>,
-        }
-        impl<B: Backend> ModuleVisitor<B> for Collect {
-            fn enter_module(&mut self, name: &str, _: &str) {
-                self.path.push(name.to_string());
-            }
-            fn exit_module(&mut self, _: &str, _: &str) {
-                self.path.pop();
-            }
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-                let value = param.val();
-                self.out.push((self.path.join("."), value.dims().to_vec(), value.into_data()));
-            }
-        }
-        let mut collect = Collect { path: Vec::new(), out: Vec::new() };
-        self.visit(&mut collect);
-
         let mut tensors: Vec<F32Tensor> = Vec::new();
         // Packed tensors: key → index in `tensors`.
         let mut packed: BTreeMap<String, usize> = BTreeMap::new();
-        for (path, shape, data) in collect.out {
+        for (path, shape, data) in param_values(self) {
             let values = data
                 .convert::<f32>()
                 .into_vec::<f32>()
@@ -124,7 +105,7 @@ impl<B: Backend> StyleCodesModel<B> {
     /// layout (F32), atomically. The positional table is left out: the
     /// loader computes it.
     pub fn save(&self, path: &Path) -> Result<()> {
-        write_f32(path, &self.official_tensors()?)
+        write_f32(path, &self.official_tensors()?, None)
     }
 }
 

@@ -23,14 +23,14 @@
 //! ```
 
 use crate::error::{Error, Result};
+use crate::weights::safetensors::write_f32;
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::DType;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 type Inner<B> = <B as AutodiffBackend>::InnerBackend;
@@ -498,36 +498,14 @@ impl OptimizerState {
             ("format".to_string(), STATE_FORMAT.to_string()),
             ("steps".to_string(), self.steps.to_string()),
         ]);
-        let mut buffers = Vec::with_capacity(2 * self.params.len());
+        let mut tensors = Vec::with_capacity(2 * self.params.len());
         for param in &self.params {
             metadata.insert(format!("step/{}", param.path), param.step.to_string());
             for (kind, values) in [("exp_avg", &param.exp_avg), ("exp_avg_sq", &param.exp_avg_sq)] {
-                buffers.push((format!("{kind}/{}", param.path), &param.shape, bytemuck::cast_slice::<f32, u8>(values)));
+                tensors.push((format!("{kind}/{}", param.path), param.shape.clone(), values.clone()));
             }
         }
-        let views = buffers
-            .iter()
-            .map(|(name, shape, bytes)| {
-                let view = TensorView::new(Dtype::F32, shape.to_vec(), bytes)
-                    .map_err(|e| Error::Safetensors { path: path.to_path_buf(), message: format!("{name}: {e:?}") })?;
-                Ok((name.as_str(), view))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let bytes = safetensors::serialize(views, Some(metadata))
-            .map_err(|e| Error::Safetensors { path: path.to_path_buf(), message: format!("{e:?}") })?;
-
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        let mut temp = tempfile::Builder::new()
-            .prefix(".stylecode-")
-            .suffix(".safetensors.part")
-            .tempfile_in(dir)
-            .map_err(|e| Error::io(dir, e))?;
-        temp.write_all(&bytes).map_err(|e| Error::io(path, e))?;
-        temp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-        temp.persist(path).map(|_| ()).map_err(|e| Error::io(path, e.error))
+        write_f32(path, &tensors, Some(metadata))
     }
 
     /// Reads a state written by [`save`](Self::save), bit for bit.
@@ -700,7 +678,7 @@ mod tests {
     fn a_state_file_that_is_not_ours_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.safetensors");
-        safetensors::serialize_to_file(Vec::<(&str, TensorView)>::new(), None, &path).unwrap();
+        safetensors::serialize_to_file(Vec::<(&str, safetensors::tensor::TensorView)>::new(), None, &path).unwrap();
         let error = OptimizerState::load(&path).unwrap_err().to_string();
         assert!(error.contains("not an optimizer state"), "{error}");
     }

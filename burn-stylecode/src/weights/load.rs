@@ -184,6 +184,32 @@ pub fn find_prefix<'a>(file: &TensorFile, prefixes: &[&'a str], probe: &str, mod
     })
 }
 
+/// Every float parameter of `module`: its path (as the key maps name it),
+/// shape and values, in the module's order. Reads the values (saving,
+/// checks); [`expected_tensors`] gets shapes without touching them.
+pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>, TensorData)> {
+    #[derive(Default)]
+    struct Collect {
+        path: Vec<String>,
+        out: Vec<(String, Vec<usize>, TensorData)>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let value = param.val();
+            self.out.push((self.path.join("."), value.dims().to_vec(), value.into_data()));
+        }
+    }
+    let mut collect = Collect::default();
+    module.visit(&mut collect);
+    collect.out
+}
+
 fn load_error(file: &TensorFile, map: &KeyMap, message: String) -> Error {
     Error::Load { path: file.path().to_path_buf(), module: map.module.to_string(), message }
 }

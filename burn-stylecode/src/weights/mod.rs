@@ -13,6 +13,7 @@ pub mod safetensors;
 
 pub use config::JsonConfig;
 pub use load::{
-    expected_tensors, find_prefix, load_module, norm_names, packed_projection, ExpectedTensor, KeyMap, Source,
+    expected_tensors, find_prefix, load_module, norm_names, packed_projection, param_values, ExpectedTensor, KeyMap,
+    Source,
 };
 pub use safetensors::TensorFile;

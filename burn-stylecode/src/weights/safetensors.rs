@@ -207,10 +207,15 @@ fn aligned<T: bytemuck::Pod, R>(src: &[u8], f: impl FnOnce(&[T]) -> R) -> R {
 /// One tensor to write: name, shape, f32 values.
 pub type F32Tensor = (String, Vec<usize>, Vec<f32>);
 
-/// Writes `tensors` as an F32 safetensors file, atomically: a temporary
-/// file beside `path`, synced, then renamed over it, so a crash or a full
-/// disk never leaves a partial file (the previous one stays intact).
-pub fn write_f32(path: &Path, tensors: &[F32Tensor]) -> Result<()> {
+/// Writes `tensors` (and the header `metadata`, if any) as an F32
+/// safetensors file, atomically: a temporary file beside `path`, synced, then
+/// renamed over it, so a crash or a full disk never leaves a partial file
+/// (the previous one stays intact).
+pub fn write_f32(
+    path: &Path,
+    tensors: &[F32Tensor],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| bytemuck::cast_slice(v).to_vec()).collect();
     let views = tensors
         .iter()
@@ -221,7 +226,7 @@ pub fn write_f32(path: &Path, tensors: &[F32Tensor]) -> Result<()> {
                 .map_err(|e| Error::Safetensors { path: path.to_path_buf(), message: format!("`{name}`: {e}") })
         })
         .collect::<Result<Vec<_>>>()?;
-    let data = safetensors::serialize(views, None)
+    let data = safetensors::serialize(views, metadata)
         .map_err(|e| Error::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
