@@ -59,6 +59,10 @@ enum Command {
     Mix(commands::mix::Args),
     /// Print a random stylecode.
     Random(commands::random::Args),
+    /// Train StyleCodes weights on a dataset of (style, target, prompt).
+    Train(Box<commands::train::Args>),
+    /// Write a training checkpoint into a weights folder with a new version.
+    Export(commands::export::Args),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(*args),
         Command::Mix(args) => commands::mix::run(args),
         Command::Random(args) => commands::random::run(args),
+        Command::Train(args) => commands::train::run(*args),
+        Command::Export(args) => commands::export::run(args),
     };
     match result {
         Ok(code) => code,

@@ -9,10 +9,7 @@
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn_stylecode::sd::clip::ClipTextTransformer;
-use burn_stylecode::sd::schedulers::{train_alphas_cumprod, SchedulerConfig};
-use burn_stylecode::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
-use burn_stylecode::siglip::SiglipVisionTransformer;
+use burn_stylecode::sd::unet_2d::UNetConfig;
 use burn_stylecode::style::{official_source, StyleCodesModel};
 use burn_stylecode::train::step::{loss, Batch, Frozen};
 use burn_stylecode::train::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator, Grads};
@@ -35,25 +32,19 @@ fn model_and_frozen() -> (StyleCodesModel<Ad>, Frozen<Ad>) {
     config.autoencoder.dropout = 0.0;
     let file = TensorFile::open(weights.stylecodes_weights().unwrap()).unwrap();
     let model = StyleCodesModel::<Ad>::load(&config, &base_config, &file, DType::F32, &device()).unwrap();
-    let scheduler = SchedulerConfig::from_file(&sd15.join("scheduler").join("scheduler_config.json")).unwrap();
-    let frozen = Frozen::new(
-        SiglipVisionTransformer::from_hf_dir(&weights.siglip_dir(), DType::F32, &device()).unwrap(),
-        ClipTextTransformer::from_dir(&sd15.join("text_encoder"), DType::F32, &device()).unwrap(),
-        UNet2DConditionModel::<Ad>::from_diffusers_dir(&sd15.join("unet"), DType::F32, &device()).unwrap(),
-        train_alphas_cumprod(&scheduler).unwrap(),
-    );
+    let frozen = Frozen::load(&weights, DType::F32, &device()).unwrap();
     (model, frozen)
 }
 
-fn micro_batch(file: &TensorFile, k: usize) -> Batch<TestBackend> {
+fn micro_batch(file: &TensorFile, frozen: &Frozen<Ad>, k: usize) -> Batch<TestBackend> {
     let key = |name: &str| format!("micro.{k}.{name}");
     let timesteps = file.read_f32(&key("timesteps")).unwrap().into_iter().map(|t| t as usize).collect();
     Batch {
-        style_pixels: tensor(file, &key("style_pixels")),
+        style_features: frozen.style_features(tensor(file, &key("style_pixels"))),
+        context: frozen.sd.text_encoder.forward(tensor::<2>(file, &key("prompt_ids")).int()).last_hidden_state,
         latent_mean: tensor(file, &key("latent_mean")),
         latent_logvar: tensor(file, &key("latent_logvar")),
         posterior_noise: tensor(file, &key("posterior_noise")),
-        prompt_ids: tensor::<2>(file, &key("prompt_ids")).int(),
         keep_style: tensor(file, &key("keep_style")),
         timesteps,
         noise: tensor(file, &key("noise")),
@@ -104,7 +95,7 @@ fn three_steps_match_the_pytorch_twin() {
     for step in 0..json["steps"].as_u64().unwrap() as usize {
         let mut accumulator = GradAccumulator::new();
         for micro in 0..accumulation {
-            let value = loss(&model, &frozen, &micro_batch(&file, step * accumulation + micro), scale);
+            let value = loss(&model, &frozen, &micro_batch(&file, &frozen, step * accumulation + micro), scale);
             losses.push(values(value.clone().inner())[0]);
             accumulator.accumulate(Grads::from_backward((value / accumulation as f32).backward(), &model));
         }
@@ -168,7 +159,7 @@ fn three_steps_match_the_pytorch_twin() {
 fn the_frozen_base_gets_no_gradient() {
     let (model, frozen) = model_and_frozen();
     let file = reference("train_step.safetensors");
-    let value = loss(&model, &frozen, &micro_batch(&file, 0), 1.0);
+    let value = loss(&model, &frozen, &micro_batch(&file, &frozen, 0), 1.0);
     let gradients = value.backward();
     let base = Grads::<Ad>::from_backward(gradients, frozen.unet());
     assert!(base.is_empty(), "base UNet parameters with gradients: {:?}", base.paths().collect::<Vec<_>>());

@@ -1,6 +1,8 @@
 pub mod convert;
 pub mod encode;
+pub mod export;
 pub mod generate;
 pub mod inspect;
 pub mod mix;
 pub mod random;
+pub mod train;

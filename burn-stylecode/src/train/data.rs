@@ -23,6 +23,7 @@
 
 use crate::error::{Error, Result};
 use crate::siglip::preprocess::{load_rgb, resize_bilinear};
+use crate::weights::safetensors::write_atomic;
 use burn::prelude::*;
 use image::RgbImage;
 use rand::rngs::StdRng;
@@ -32,7 +33,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The manifest's file name inside the dataset folder.
@@ -362,24 +362,12 @@ impl Dataset {
 /// same folder and a rename, so a reader never sees half a file.
 pub fn write_skipped(path: impl AsRef<Path>, skipped: &[Skipped]) -> Result<()> {
     let path = path.as_ref();
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
     let mut text = String::new();
     for record in skipped {
         text.push_str(&serde_json::to_string(record).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })?);
         text.push('\n');
     }
-    let mut temp = tempfile::Builder::new()
-        .prefix(".stylecode-")
-        .suffix(".jsonl.part")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    temp.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))?;
-    temp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    temp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    write_atomic(path, text.as_bytes())
 }
 
 // ---------------------------------------------------------------------------
@@ -438,7 +426,7 @@ pub fn center_crop(image: &RgbImage, size: u32) -> RgbImage {
 /// An RNG keyed by a purpose, the run seed and a counter, so that the data
 /// order (per epoch) and the dropout masks (per step) are independent streams
 /// and any one of them can be recreated without replaying the others.
-fn keyed_rng(purpose: &[u8; 8], seed: u64, counter: u64) -> StdRng {
+pub(crate) fn keyed_rng(purpose: &[u8; 8], seed: u64, counter: u64) -> StdRng {
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(purpose);
     key[8..16].copy_from_slice(&seed.to_le_bytes());

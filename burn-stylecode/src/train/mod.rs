@@ -10,8 +10,13 @@
 //! resumes into freshly loaded weights. [`step`] is the loss of one step:
 //! frozen networks off the tape, the autoencoder and control branch on it.
 
+pub mod cache;
+pub mod checkpoint;
 pub mod data;
 pub mod optim;
+pub mod run;
 pub mod step;
+pub mod validate;
 
+pub use run::{train, Event, Init, MixedPrecision, StepRecord, Summary, TrainConfig};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator, Grads, LrSchedule, OptimizerState, ParamState};

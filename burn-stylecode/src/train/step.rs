@@ -2,13 +2,18 @@
 //! by the control branch, with the autoencoder trained jointly through the
 //! straight-through quantiser.
 //!
-//! The frozen networks build no tape: SigLIP, CLIP, and the base UNet up to
-//! its mid block run on the inner backend and their outputs are lifted.
+//! The frozen networks build no tape: SigLIP, CLIP and the VAE encoder run
+//! before the step (once, into the feature cache, or per batch), and the
+//! base UNet up to its mid block runs on the inner backend; their outputs
+//! are lifted.
 //! Only the base up path (frozen parameters, but on the tape so gradients
 //! reach the control branch through it), the control branch and the
 //! autoencoder are differentiated.
 
-use crate::sd::clip::ClipTextTransformer;
+use crate::error::{Error, Result};
+use crate::pipeline::WeightsDir;
+use crate::sd::pipeline::StableDiffusion;
+use crate::sd::schedulers::train_alphas_cumprod;
 use crate::sd::unet_2d::{DownPath, UNet2DConditionModel};
 use crate::siglip::SiglipVisionTransformer;
 use crate::style::autoencoder::straight_through;
@@ -17,6 +22,8 @@ use crate::style::StyleCodesModel;
 use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::DType;
+use std::path::PathBuf;
 
 /// SD's latent scaling factor (`vae.config.scaling_factor`).
 pub const VAE_SCALING: f32 = 0.18215;
@@ -24,26 +31,51 @@ pub const VAE_SCALING: f32 = 0.18215;
 /// The borrowed, frozen networks of a training run.
 pub struct Frozen<B: AutodiffBackend> {
     pub siglip: SiglipVisionTransformer<B::InnerBackend>,
-    pub text_encoder: ClipTextTransformer<B::InnerBackend>,
-    /// The base UNet on the tape (its up path), without gradients of its own.
+    /// The tokenizer, text encoder, VAE and base UNet, off the tape.
+    pub sd: StableDiffusion<B::InnerBackend>,
+    /// The same base UNet on the tape (its up path), without gradients of its own.
     unet: UNet2DConditionModel<B>,
-    /// The same weights on the inner backend (its down path and mid block).
-    unet_inner: UNet2DConditionModel<B::InnerBackend>,
     /// ᾱ_t of every training timestep.
     alphas_cumprod: Vec<f32>,
+    /// SigLIP's input side.
+    image_size: u32,
+    dtype: DType,
+    /// The files the frozen encoders were loaded from (the feature cache's fingerprint).
+    sources: Vec<PathBuf>,
 }
 
 impl<B: AutodiffBackend> Frozen<B> {
-    pub fn new(
-        siglip: SiglipVisionTransformer<B::InnerBackend>,
-        text_encoder: ClipTextTransformer<B::InnerBackend>,
-        unet: UNet2DConditionModel<B>,
-        alphas_cumprod: Vec<f32>,
-    ) -> Self {
-        let unet = unet.no_grad();
-        // `valid` shares the parameters' storage: no second copy of the weights.
-        let unet_inner = unet.valid();
-        Self { siglip, text_encoder, unet, unet_inner, alphas_cumprod }
+    /// SigLIP and SD1.5 of a weights folder, in `dtype`.
+    pub fn load(weights: &WeightsDir, dtype: DType, device: &B::Device) -> Result<Self> {
+        let siglip_config = weights.siglip_config()?;
+        let siglip = SiglipVisionTransformer::from_hf_dir(&weights.siglip_dir(), dtype, device)?;
+        let sd15 = weights.sd15_dir();
+        let sd = StableDiffusion::load(&sd15, dtype, device)?;
+        let alphas_cumprod = train_alphas_cumprod(&sd.scheduler_config)
+            .map_err(|e| Error::Incompatible(format!("the training noise schedule: {e}")))?;
+        // `from_inner` shares the parameters' storage: no second copy of the weights.
+        let unet = UNet2DConditionModel::from_inner(sd.unet.clone()).no_grad();
+        let mut sources = Vec::new();
+        for dir in [weights.siglip_dir(), sd15.join("text_encoder"), sd15.join("tokenizer"), sd15.join("vae")] {
+            let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+            let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+            files.sort();
+            sources.extend(files);
+        }
+        Ok(Self { siglip, sd, unet, alphas_cumprod, image_size: siglip_config.image_size as u32, dtype, sources })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The side of SigLIP's square input.
+    pub fn image_size(&self) -> u32 {
+        self.image_size
+    }
+
+    pub fn source_files(&self) -> &[PathBuf] {
+        &self.sources
     }
 
     pub fn unet(&self) -> &UNet2DConditionModel<B> {
@@ -53,21 +85,45 @@ impl<B: AutodiffBackend> Frozen<B> {
     pub fn num_train_timesteps(&self) -> usize {
         self.alphas_cumprod.len()
     }
+
+    /// SigLIP's penultimate features [N, T, D] of preprocessed style images.
+    pub fn style_features(&self, pixels: Tensor<B::InnerBackend, 4>) -> Tensor<B::InnerBackend, 3> {
+        self.siglip.penultimate(pixels)
+    }
+
+    /// CLIP's last hidden state [N, L, C] of each prompt.
+    pub fn prompt_context(&self, prompts: &[String]) -> Result<Tensor<B::InnerBackend, 3>> {
+        let ids = self.sd.tokenizer.encode_batch(prompts)?;
+        let len = self.sd.tokenizer.max_length();
+        let flat: Vec<i64> = ids.iter().flatten().map(|&id| i64::from(id)).collect();
+        let ids = Tensor::from_data(TensorData::new(flat, [prompts.len(), len]), self.sd.device());
+        Ok(self.sd.text_encoder.forward(ids).last_hidden_state)
+    }
+
+    /// The VAE posterior (mean, log-variance) of targets [N, 3, R, R] in [-1, 1].
+    pub fn posterior(
+        &self,
+        targets: Tensor<B::InnerBackend, 4>,
+    ) -> (Tensor<B::InnerBackend, 4>, Tensor<B::InnerBackend, 4>) {
+        self.sd.vae.encode(targets)
+    }
 }
 
-/// One micro-batch, on the inner backend; everything random in the step
-/// (timesteps, noises, dropout) is drawn by the caller, so that a resumed
-/// run and the PyTorch twin see the same values.
+/// One micro-batch, on the inner backend, with the frozen encoders' outputs
+/// ([`Frozen::style_features`], [`Frozen::prompt_context`],
+/// [`Frozen::posterior`]); everything random in the step (timesteps, noises,
+/// dropout) is drawn by the caller, so that a resumed run and the PyTorch
+/// twin see the same values.
 pub struct Batch<B: Backend> {
-    /// Style images after the SigLIP preprocessing: [N, 3, S, S].
-    pub style_pixels: Tensor<B, 4>,
+    /// SigLIP penultimate features of the style images: [N, T, D].
+    pub style_features: Tensor<B, 3>,
+    /// CLIP context of the prompts (a dropped prompt has the empty prompt's): [N, L, C].
+    pub context: Tensor<B, 3>,
     /// The targets' VAE posterior (cached): mean and log-variance [N, 4, h, w].
     pub latent_mean: Tensor<B, 4>,
     pub latent_logvar: Tensor<B, 4>,
     /// ε of the posterior sample, [N, 4, h, w].
     pub posterior_noise: Tensor<B, 4>,
-    /// Prompt token ids (a dropped prompt is the empty prompt's): [N, L].
-    pub prompt_ids: Tensor<B, 2, Int>,
     /// 1 keeps the style, 0 drops it (the zero latent): [N, 1].
     pub keep_style: Tensor<B, 2>,
     /// Training timesteps in `0..num_train_timesteps`, one per sample.
@@ -89,8 +145,7 @@ pub fn loss<B: AutodiffBackend>(
     let dtype = model.autoencoder.tgt_init.val().dtype();
 
     // Frozen, off the tape.
-    let features = frozen.siglip.penultimate(batch.style_pixels.clone());
-    let context = frozen.text_encoder.forward(batch.prompt_ids.clone()).last_hidden_state;
+    let context = batch.context.clone().cast(dtype);
     let z0 = (batch.latent_mean.clone() + (batch.latent_logvar.clone() * 0.5).exp() * batch.posterior_noise.clone())
         * VAE_SCALING;
     let per_sample =
@@ -104,10 +159,10 @@ pub fn loss<B: AutodiffBackend>(
         &device,
     )
     .cast(dtype);
-    let down = frozen.unet_inner.down_path(noisy.cast(dtype), t, &context);
+    let down = frozen.sd.unet.down_path(noisy.cast(dtype), t, &context);
 
     // Trainable, on the tape.
-    let latent = model.autoencoder.encode(Tensor::from_inner(features));
+    let latent = model.autoencoder.encode(Tensor::from_inner(batch.style_features.clone().cast(dtype)));
     let keep: Tensor<B, 2> = Tensor::from_inner(batch.keep_style.clone());
     let latent = straight_through(latent) * keep.cast(dtype);
     let [grid_h, grid_w] = mid_grid(frozen.unet(), [height, width]);
@@ -120,6 +175,6 @@ pub fn loss<B: AutodiffBackend>(
     };
     let predicted = frozen.unet().up_path(down, &context, &mut model.control.hook(style, scale));
     debug_assert_eq!(predicted.dims(), [n, channels, height, width]);
-    let error = predicted.cast(burn::tensor::DType::F32) - Tensor::from_inner(batch.noise.clone());
+    let error = predicted.cast(DType::F32) - Tensor::from_inner(batch.noise.clone());
     error.powf_scalar(2.0).mean()
 }

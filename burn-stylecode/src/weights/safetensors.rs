@@ -228,6 +228,13 @@ pub fn write_f32(
         .collect::<Result<Vec<_>>>()?;
     let data = safetensors::serialize(views, metadata)
         .map_err(|e| Error::Safetensors { path: path.to_path_buf(), message: e.to_string() })?;
+    write_atomic(path, &data)
+}
+
+/// Writes `bytes` to `path` through a synced temporary file beside it and a
+/// rename, so a crash or a full disk never leaves a partial file (the
+/// previous one stays intact).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -237,7 +244,7 @@ pub fn write_f32(
         .suffix(".part")
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
-    std::io::Write::write_all(temp.as_file_mut(), &data).map_err(|e| Error::io(path, e))?;
+    std::io::Write::write_all(temp.as_file_mut(), bytes).map_err(|e| Error::io(path, e))?;
     temp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     temp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
