@@ -126,7 +126,9 @@ fn killed_runs_resume_bit_identically() {
         assert!(final_state(&run_dir) == expected, "a killed and resumed run (checkpoints every {every}) differs");
         let resumed_metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
         let losses = |text: &str| -> Vec<f64> {
-            text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+                .collect()
         };
         assert_eq!(losses(&resumed_metrics), losses(&metrics), "metrics.jsonl holds each step once, as uninterrupted");
     }

@@ -182,10 +182,7 @@ impl Job for TrainJob {
                 let loss = smoothed.map_or(record.loss, |s| 0.9 * s + 0.1 * record.loss);
                 smoothed = Some(loss);
                 bar.set_position(record.step);
-                bar.set_message(format!(
-                    "loss {loss:.4} lr {:.2e} {:.2} samples/s",
-                    record.lr, record.samples_per_s
-                ));
+                bar.set_message(format!("loss {loss:.4} lr {:.2e} {:.2} samples/s", record.lr, record.samples_per_s));
             }
             Event::Checkpoint(checkpoint) => {
                 bar.println(format!("checkpoint {}", checkpoint.dir.display()));
@@ -200,7 +197,9 @@ impl Job for TrainJob {
         bar.finish_and_clear();
         let summary = summary?;
         match &summary.last_checkpoint {
-            Some(checkpoint) => println!("trained {} steps; last checkpoint {}", summary.steps, checkpoint.dir.display()),
+            Some(checkpoint) => {
+                println!("trained {} steps; last checkpoint {}", summary.steps, checkpoint.dir.display())
+            }
             None => println!("trained {} steps", summary.steps),
         }
         Ok(ExitCode::SUCCESS)

@@ -18,5 +18,5 @@ pub mod run;
 pub mod step;
 pub mod validate;
 
-pub use run::{train, Event, Init, MixedPrecision, StepRecord, Summary, TrainConfig};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator, Grads, LrSchedule, OptimizerState, ParamState};
+pub use run::{train, Event, Init, MixedPrecision, StepRecord, Summary, TrainConfig};

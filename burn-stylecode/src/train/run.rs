@@ -205,9 +205,14 @@ pub struct StepRecord {
 #[derive(Debug)]
 pub enum Event<'a> {
     /// The feature cache is being built: entries done of total.
-    Caching { done: usize, total: usize },
+    Caching {
+        done: usize,
+        total: usize,
+    },
     /// Continuing from a checkpoint.
-    Resumed { step: u64 },
+    Resumed {
+        step: u64,
+    },
     Step(&'a StepRecord),
     Checkpoint(&'a Checkpoint),
     Validation(&'a ValidationReport),
@@ -261,9 +266,7 @@ pub fn train<B: AutodiffBackend>(
 
     let base = UNetConfig::from_file(&weights.sd15_dir().join("unet").join("config.json"))?;
     let model_config = model_config(config, &weights)?;
-    let mut optim = AdamW::<B>::new(
-        AdamWConfig::new().with_lr(config.lr).with_weight_decay(config.weight_decay),
-    );
+    let mut optim = AdamW::<B>::new(AdamWConfig::new().with_lr(config.lr).with_weight_decay(config.weight_decay));
     let latest = if resume { checkpoint::list(run_dir)?.pop() } else { None };
     let (mut model, mut order, mut state) = match &latest {
         Some(found) => {
@@ -312,9 +315,13 @@ pub fn train<B: AutodiffBackend>(
             let batch = features.batch(&frozen, &dataset, &indices, &dropout, config.seed, micro_step)?;
             B::seed(device, keyed_rng(b"backend\0", config.seed, micro_step).random());
             let value = loss(&model, &frozen, &batch, config.style_scale);
-            let host = value.clone().inner().into_data().convert::<f32>().into_vec::<f32>().map_err(|e| {
-                Error::ReadBack { what: "the loss", message: format!("{e:?}") }
-            })?[0];
+            let host = value
+                .clone()
+                .inner()
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| Error::ReadBack { what: "the loss", message: format!("{e:?}") })?[0];
             if !host.is_finite() {
                 return Err(diverged(state.step + 1, "loss", host, &last_checkpoint));
             }
@@ -412,7 +419,8 @@ fn prepare_run_dir(config: &TrainConfig, run_dir: &Path, resume: bool) -> Result
             )))
         }
         (Some(text), true) => {
-            let saved: TrainConfig = serde_json::from_str(&text).map_err(|e| Error::Json { path: path.clone(), source: e })?;
+            let saved: TrainConfig =
+                serde_json::from_str(&text).map_err(|e| Error::Json { path: path.clone(), source: e })?;
             let (now, before) = (serde_json::to_value(config).unwrap(), serde_json::to_value(&saved).unwrap());
             let changed: Vec<String> = now
                 .as_object()
@@ -445,7 +453,9 @@ fn model_config(config: &TrainConfig, weights: &WeightsDir) -> Result<Stylecodes
     if config.init == Init::Paper {
         model.mix_init = MixInit::ZeroResidual;
     }
-    model.validate().map_err(|message| Error::Config { path: weights.stylecodes_dir().join("config.json"), message })?;
+    model
+        .validate()
+        .map_err(|message| Error::Config { path: weights.stylecodes_dir().join("config.json"), message })?;
     Ok(model)
 }
 
@@ -457,12 +467,18 @@ fn model_config(config: &TrainConfig, weights: &WeightsDir) -> Result<Stylecodes
 /// normalised tokens, under f32's resolution, and every code decodes alike
 /// (measured: byte-identical images for different codes after training).
 /// The draws are keyed by `seed`, in the module's parameter order.
-pub fn paper_model<B: Backend>(config: &StylecodesConfig, base: &UNetConfig, seed: u64, device: &B::Device) -> StyleCodesModel<B> {
+pub fn paper_model<B: Backend>(
+    config: &StylecodesConfig,
+    base: &UNetConfig,
+    seed: u64,
+    device: &B::Device,
+) -> StyleCodesModel<B> {
     let mut config = config.clone();
     config.mix_init = MixInit::ZeroResidual;
     B::seed(device, keyed_rng(b"init\0\0\0\0", seed, 1).random());
     let autoencoder = config.autoencoder.init(device);
-    let mut init = PaperInit { path: Vec::new(), source: NoiseSource::new(keyed_rng(b"init\0\0\0\0", seed, 0).random()) };
+    let mut init =
+        PaperInit { path: Vec::new(), source: NoiseSource::new(keyed_rng(b"init\0\0\0\0", seed, 0).random()) };
     StyleCodesModel { autoencoder, control: config.control(base).init(device).map(&mut init) }
 }
 
@@ -489,7 +505,8 @@ impl<B: Backend> ModuleMapper<B> for PaperInit {
         let value = if mixer {
             tensor
         } else if D >= 2 {
-            let values: Vec<f32> = self.source.normal(shape.num_elements()).iter().map(|v| v * PAPER_INIT_STD).collect();
+            let values: Vec<f32> =
+                self.source.normal(shape.num_elements()).iter().map(|v| v * PAPER_INIT_STD).collect();
             Tensor::from_data(TensorData::new(values, shape), (&device, dtype))
         } else if bias {
             Tensor::zeros(shape, (&device, dtype))
@@ -504,7 +521,9 @@ impl<B: Backend> ModuleMapper<B> for PaperInit {
 enum Features {
     Cached(FeatureCache),
     /// Computed per batch, with the same encoders and the same code.
-    Live { empty_context: Vec<f32> },
+    Live {
+        empty_context: Vec<f32>,
+    },
 }
 
 impl Features {

@@ -52,19 +52,27 @@ impl Validation {
     /// Reads `path`; errors name `path:line`.
     pub fn open<B: AutodiffBackend>(path: &Path, frozen: &Frozen<B>) -> Result<Self> {
         if frozen.siglip.head.is_none() {
-            return Err(Error::Incompatible("validation scores need SigLIP's pooling head, which these weights lack".into()));
+            return Err(Error::Incompatible(
+                "validation scores need SigLIP's pooling head, which these weights lack".into(),
+            ));
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut entries = Vec::new();
         for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let at = |message: String| Error::Config { path: PathBuf::from(format!("{}:{}", path.display(), number + 1)), message };
+            let at = |message: String| Error::Config {
+                path: PathBuf::from(format!("{}:{}", path.display(), number + 1)),
+                message,
+            };
             let parsed: Line = serde_json::from_str(line).map_err(|e| at(format!("not a validation entry: {e}")))?;
             let image = load_rgb(dir.join(&parsed.style)).map_err(|e| at(e.to_string()))?;
             entries.push((image, parsed.prompt, parsed.seed));
         }
         if entries.is_empty() {
-            return Err(Error::Config { path: path.to_path_buf(), message: "the validation file has no entries".into() });
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: "the validation file has no entries".into(),
+            });
         }
         Ok(Self { entries })
     }
@@ -85,13 +93,25 @@ impl Validation {
         let pixels = pixel_values::<B::InnerBackend>(&styles, frozen.image_size(), device).cast(frozen.dtype());
         let latents = quantize_dequantize(model.autoencoder.encode(frozen.style_features(pixels.clone())));
         let side = config.resolution as usize;
-        let settings = Settings { steps: config.validation_steps, guidance_scale: 3.0, width: side, height: side, ..Settings::default() };
-        let condition = StyleCondition { autoencoder: &model.autoencoder, control: &model.control, latents, scale: config.style_scale };
+        let settings = Settings {
+            steps: config.validation_steps,
+            guidance_scale: 3.0,
+            width: side,
+            height: side,
+            ..Settings::default()
+        };
+        let condition = StyleCondition {
+            autoencoder: &model.autoencoder,
+            control: &model.control,
+            latents,
+            scale: config.style_scale,
+        };
         let prompts: Vec<String> = self.entries.iter().map(|(_, prompt, _)| prompt.clone()).collect();
         let negatives = vec![String::new(); prompts.len()];
         let seeds: Vec<u64> = self.entries.iter().map(|(_, _, seed)| *seed).collect();
         let predict = condition.predictor(&sd.unet, sd.latent_size(&settings), settings.guided());
-        let latents = sd.generate_latents(&prompts, &negatives, &seeds, &settings, predict, |_, _| ControlFlow::Continue(()))?;
+        let latents =
+            sd.generate_latents(&prompts, &negatives, &seeds, &settings, predict, |_, _| ControlFlow::Continue(()))?;
         let images = sd.decode(latents)?;
 
         let similarity = self.similarity(frozen, pixels, &images)?;
