@@ -4,3 +4,4 @@ pub mod generate;
 pub mod inspect;
 pub mod mix;
 pub mod random;
+pub mod serve;
