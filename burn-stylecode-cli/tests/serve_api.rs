@@ -96,8 +96,23 @@ fn generate_streams_progress_then_the_images_the_cli_makes() {
     let dir = tempfile::tempdir().unwrap();
     let cli_png = dir.path().join("cli.png");
     let (ok, _, err) = stylecode(&[
-        "generate", "--prompt", "a lighthouse at dusk", "--negative", "blurry", "--width", "48", "--height", "32",
-        "--steps", "3", "--seed", "8", "--weights", &weights(), "--out", cli_png.to_str().unwrap(),
+        "generate",
+        "--prompt",
+        "a lighthouse at dusk",
+        "--negative",
+        "blurry",
+        "--width",
+        "48",
+        "--height",
+        "32",
+        "--steps",
+        "3",
+        "--seed",
+        "8",
+        "--weights",
+        &weights(),
+        "--out",
+        cli_png.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     let served = server.get(urls[1]);
@@ -225,7 +240,11 @@ fn bad_input_gets_a_json_error_naming_the_problem() {
         (server.post_json("/api/encode", &json!({})), 400, "multipart"),
         (server.post_json("/api/generate", &json!({ "prompt": "x", "width": 47 })), 400, "width 47"),
         (server.post_json("/api/generate", &json!({ "prompt": "x", "scheduler": "plms" })), 400, "plms"),
-        (server.post_json("/api/generate", &json!({ "prompt": "x", "styles": [{ "code": "tooshort" }] })), 400, "tooshort"),
+        (
+            server.post_json("/api/generate", &json!({ "prompt": "x", "styles": [{ "code": "tooshort" }] })),
+            400,
+            "tooshort",
+        ),
         (server.post_json("/api/generate", &json!({ "prompt": "x", "num": 0 })), 400, "num 0"),
         (server.post_json("/api/generate", &json!({ "prompt": "x", "stpes": 3 })), 400, "stpes"),
         (server.post_json("/api/generate", &json!({ "negative": "x" })), 400, "prompt"),

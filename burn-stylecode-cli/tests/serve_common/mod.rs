@@ -103,7 +103,8 @@ impl Server {
 
     /// A job's server-sent events, (name, data), up to its last one.
     pub fn events(&self, job: u64) -> Vec<(String, Value)> {
-        let response = self.with_token(Self::agent().get(&self.url(&format!("/api/jobs/{job}/events")))).call().unwrap();
+        let response =
+            self.with_token(Self::agent().get(&self.url(&format!("/api/jobs/{job}/events")))).call().unwrap();
         assert_eq!(response.content_type(), "text/event-stream");
         let mut events = Vec::new();
         let mut name = String::new();
@@ -183,7 +184,8 @@ impl Reply {
 
 /// Runs the `stylecode` CLI; returns (success, stdout, stderr).
 pub fn stylecode(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_stylecode")).args(args).env_remove("STYLECODE_WEIGHTS").output().unwrap();
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_stylecode")).args(args).env_remove("STYLECODE_WEIGHTS").output().unwrap();
     (output.status.success(), String::from_utf8(output.stdout).unwrap(), String::from_utf8(output.stderr).unwrap())
 }
 
