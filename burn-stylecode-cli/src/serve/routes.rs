@@ -352,13 +352,8 @@ fn generate_request(body: GenerateBody, info: &WorkerInfo) -> ApiResult<Generate
         }
         Style::Codes(codes)
     };
-    let first = ImageSpec {
-        prompt: body.prompt,
-        negative: body.negative,
-        seed: body.seed.unwrap_or_else(rand::random),
-        style,
-        ..Default::default()
-    };
+    let first =
+        ImageSpec { prompt: body.prompt, negative: body.negative, seed: body.seed.unwrap_or_else(rand::random), style };
     Ok(GenerateRequest::repeated(first, num as usize, settings))
 }
 

@@ -26,7 +26,7 @@ impl Style {
 }
 
 /// One image to generate.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImageSpec {
     pub prompt: String,
     pub negative: String,
