@@ -326,3 +326,26 @@ fn thirty_concurrent_requests_with_a_queue_of_four() {
     assert!(health_ok.load(std::sync::atomic::Ordering::SeqCst) > 0);
     eprintln!("30 concurrent requests: {accepted} accepted, {refused} refused");
 }
+
+#[test]
+fn a_failed_job_is_reported_and_the_server_carries_on() {
+    let (_dir, copy) = burn_stylecode_tests::weights_copy();
+    let unet = copy.root().join("sd15/unet/diffusion_pytorch_model.safetensors");
+    std::fs::write(&unet, b"not safetensors").unwrap();
+    let server = Server::start_on(&copy.root().display().to_string(), &[]);
+    let small = json!({ "prompt": "x", "width": 16, "height": 16, "steps": 2 });
+    for _ in 0..2 {
+        let job = server.submit(&small);
+        let events = server.events(job);
+        let (name, data) = events.last().unwrap();
+        assert_eq!(name, "error", "{events:?}");
+        assert!(data["error"].as_str().unwrap().contains("diffusion_pytorch_model.safetensors"), "{data}");
+        let status = server.get(&format!("/api/jobs/{job}")).json;
+        assert_eq!(status["state"], "failed");
+        assert_eq!(status["error"], data["error"]);
+    }
+    assert_eq!(server.get("/api/health").status, 200);
+    let encoded = server.post_images("/api/encode", &[("photo.jpg", &fixture_bytes("images/photo.jpg"))]);
+    assert_eq!(encoded.status, 200, "encoding needs no SD1.5: {:?}", encoded.json);
+    assert!(png_files(&server.outputs).is_empty());
+}

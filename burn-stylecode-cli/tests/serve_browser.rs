@@ -112,7 +112,13 @@ impl Browser {
     fn type_into(&self, css: &str, text: &str) {
         let element = self.element(css);
         self.send("POST", &self.session_path(&format!("/element/{element}/clear")), Some(json!({})));
-        self.send("POST", &self.session_path(&format!("/element/{element}/value")), Some(json!({ "text": text })));
+        self.keys(css, text);
+    }
+
+    /// Presses `keys` in the element (WebDriver's key codes for Ctrl, Enter…).
+    fn keys(&self, css: &str, keys: &str) {
+        let element = self.element(css);
+        self.send("POST", &self.session_path(&format!("/element/{element}/value")), Some(json!({ "text": keys })));
     }
 
     /// Picks `path` in a file input, as the user would in its dialog.
@@ -225,11 +231,41 @@ fn the_page_encodes_generates_fills_the_seed_and_cancels() {
     browser.click(".gallery-item .use-seed");
     assert_eq!(browser.script("return document.getElementById('seed').value;"), "5");
 
-    // A long job stops on Cancel, and the form is ready again.
+    // Codes: a random one, and the mix of the form's one code (itself).
+    browser.click("#random-code");
+    let random = browser.wait_for("a random code", 30, "document.querySelector('#code-tools .code')?.textContent");
+    assert_eq!(random.as_str().unwrap().chars().count(), 21, "{random}");
+    browser.click("#mix-codes");
+    let mixed = browser.wait_for(
+        "the mix",
+        30,
+        "(c => c.length == 2 && c[0].textContent)(document.querySelectorAll('#code-tools .code'))",
+    );
+    assert_eq!(mixed, expected);
+
+    // Dropping our PNG on the page loads its recipe into the form.
+    browser.type_into("#prompt", "something else");
+    browser.type_into("#seed", "99");
+    browser.script(
+        "const img = document.querySelector('.gallery-item img');
+         fetch(img.src).then(r => r.blob()).then(blob => {
+           const data = new DataTransfer();
+           data.items.add(new File([blob], 'ours.png', { type: 'image/png' }));
+           document.getElementById('gallery').dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true }));
+         });
+         return null;",
+    );
+    browser.wait_for(
+        "the dropped recipe",
+        30,
+        "document.getElementById('prompt').value == 'a lighthouse at dusk' && document.getElementById('seed').value == '5'",
+    );
+
+    // Ctrl+Enter starts a long job; Cancel stops it, and the form is ready again.
     for (id, value) in [("width", "16"), ("height", "16"), ("steps", "400"), ("num", "16")] {
         browser.type_into(&format!("#{id}"), value);
     }
-    browser.click("#generate-button");
+    browser.keys("#prompt", "\u{E009}\u{E007}\u{E000}"); // Ctrl down, Enter, release
     browser.wait_for(
         "the long job to start",
         60,

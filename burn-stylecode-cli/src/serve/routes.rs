@@ -369,7 +369,15 @@ async fn generate(State(state): State<Shared>, body: Result<Bytes, BytesRejectio
             return Ok(response);
         }
     };
-    state.work.send(Work::Generate(job.clone())).map_err(|_| worker_gone())?;
+    if state.work.send(Work::Generate(job.clone())).is_err() {
+        state.table.taken();
+        let error = worker_gone();
+        job.update(|status| {
+            status.state = JobState::Failed;
+            status.error = Some(error.message.clone());
+        });
+        return Err(error);
+    }
     Ok((StatusCode::ACCEPTED, Json(json!({ "job": job.id }))).into_response())
 }
 
@@ -471,12 +479,111 @@ async fn image(State(state): State<Shared>, UrlPath(name): UrlPath<String>) -> A
 
 #[cfg(test)]
 mod tests {
+    //! In process, through `oneshot`, with no model worker behind the
+    //! routes: what they answer without one (the real server is tested in
+    //! `tests/serve_api.rs`).
     use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    fn app(token: Option<&str>, upload_limit: usize) -> Router {
+        let (work, _) = mpsc::channel(); // the receiver is gone: no worker
+        router(Arc::new(AppState {
+            work,
+            table: Arc::new(JobTable::new(2)),
+            info: WorkerInfo { version: '1', stylecodes_dir: PathBuf::from("weights/stylecodes") },
+            backend: "cpu".into(),
+            outputs: PathBuf::from("no-such-outputs"),
+            token: token.map(str::to_string),
+            upload_limit,
+        }))
+    }
+
+    async fn call(app: Router, method: &str, uri: &str, auth: Option<&str>, body: &str) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri).header("Content-Type", "application/json");
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        let response = app.oneshot(request.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    fn run<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
+    }
 
     #[test]
-    fn token_comparison() {
-        assert!(same_bytes(b"secret", b"secret"));
-        assert!(!same_bytes(b"secret", b"secreT"));
-        assert!(!same_bytes(b"secret", b"secre"));
+    fn the_token_guards_every_api_route_but_not_the_page() {
+        run(async {
+            let app = app(Some("s3cret"), 1 << 20);
+            for uri in ["/api/health", "/api/random", "/api/nothing"] {
+                let (status, body) = call(app.clone(), "GET", uri, None, "").await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+                assert!(body["error"].as_str().unwrap().contains("Bearer"));
+                let (status, _) = call(app.clone(), "GET", uri, Some("Bearer s3cre"), "").await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+            }
+            let (status, body) = call(app.clone(), "GET", "/api/health", Some("Bearer s3cret"), "").await;
+            assert_eq!((status, body["stylecodes_version"].as_str()), (StatusCode::OK, Some("1")));
+            let page = app.oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+            assert_eq!(page.status(), StatusCode::OK);
+        });
+    }
+
+    #[test]
+    fn routes_without_the_models_answer_and_errors_are_json() {
+        run(async {
+            let app = app(None, 64);
+            let (status, body) = call(app.clone(), "GET", "/api/random?seed=1", None, "").await;
+            assert_eq!(status, StatusCode::OK);
+            let code = body["code"].as_str().unwrap().to_string();
+            assert_eq!(code, commands::random::code(Some(1), '1').unwrap().to_paper());
+            let (status, body) =
+                call(app.clone(), "POST", "/api/mix", None, &format!(r#"{{"codes":[{{"code":"{code}"}}]}}"#)).await;
+            assert_eq!((status, body["code"].as_str()), (StatusCode::OK, Some(code.as_str())));
+            let (_, body) = call(app.clone(), "POST", "/api/inspect", None, &format!(r#"{{"code":"{code}"}}"#)).await;
+            // Both read back from text: serde_json's reader may round a float by an ulp.
+            let cli: Value = serde_json::from_str(&commands::inspect::json(&code).unwrap().to_string()).unwrap();
+            assert_eq!(body, cli);
+
+            for (method, uri, body, status, needle) in [
+                ("POST", "/api/mix", "{not json", StatusCode::BAD_REQUEST, "JSON"),
+                ("POST", "/api/mix", &"x".repeat(100), StatusCode::PAYLOAD_TOO_LARGE, "--upload-limit"),
+                (
+                    "POST",
+                    "/api/generate",
+                    r#"{"prompt":"x","width":16,"height":16}"#,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "worker",
+                ),
+                (
+                    "POST",
+                    "/api/generate",
+                    r#"{"prompt":"x","cfg":1,"scheduler":"ddim","karras":true}"#,
+                    StatusCode::BAD_REQUEST,
+                    "Karras",
+                ),
+                ("GET", "/api/jobs/7", "", StatusCode::NOT_FOUND, "no job `7`"),
+                ("GET", "/api/images/.hidden.png", "", StatusCode::NOT_FOUND, ".hidden.png"),
+                ("GET", "/elsewhere", "", StatusCode::NOT_FOUND, "no such route"),
+            ] {
+                let (got, reply) = call(app.clone(), method, uri, None, body).await;
+                assert_eq!(got, status, "{uri}: {reply}");
+                let error = reply["error"].as_str().unwrap();
+                assert!(error.contains(needle), "{uri}: `{needle}` not in {error}");
+            }
+            // The job the worker never got is failed, and holds no queue place.
+            let (_, job) = call(app.clone(), "GET", "/api/jobs/1", None, "").await;
+            assert_eq!(
+                (job["state"].as_str(), job["error"].as_str()),
+                (Some("failed"), Some("the model worker has stopped"))
+            );
+            for _ in 0..3 {
+                let (status, _) = call(app.clone(), "POST", "/api/generate", None, r#"{"prompt":"x"}"#).await;
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "not 429");
+            }
+        });
     }
 }

@@ -5,15 +5,14 @@
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
+pub use burn_stylecode_tests::fixtures;
 
 pub fn weights() -> String {
-    fixtures().join("weights").display().to_string()
+    burn_stylecode_tests::weights().root().display().to_string()
 }
 
 /// The server process; killed when dropped.
@@ -26,12 +25,17 @@ pub struct Server {
 }
 
 impl Server {
-    /// `stylecode serve --bind 127.0.0.1:0` with `extra` flags.
+    /// `stylecode serve --bind 127.0.0.1:0` on the tiny weights, with `extra` flags.
     pub fn start(extra: &[&str]) -> Server {
+        Self::start_on(&weights(), extra)
+    }
+
+    /// The same on another weights folder.
+    pub fn start_on(weights: &str, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let outputs = dir.path().join("outputs");
         let mut child = Command::new(env!("CARGO_BIN_EXE_stylecode"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--weights", &weights(), "--outputs"])
+            .args(["serve", "--bind", "127.0.0.1:0", "--weights", weights, "--outputs"])
             .arg(&outputs)
             .args(extra)
             .env_remove("STYLECODE_WEIGHTS")
