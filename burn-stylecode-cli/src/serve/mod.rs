@@ -44,6 +44,7 @@ pub fn run(config: ServeConfig) -> Result<()> {
         info,
         backend,
         outputs: config.outputs,
+        loopback_only: config.token.is_none() && config.bind.ip().is_loopback(),
         token: config.token,
         upload_limit: config.upload_limit,
     });

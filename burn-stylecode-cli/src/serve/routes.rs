@@ -5,7 +5,7 @@ use super::worker::{Work, WorkerInfo};
 use crate::commands;
 use axum::body::Bytes;
 use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -39,6 +39,8 @@ pub struct AppState {
     pub backend: String,
     pub outputs: PathBuf,
     pub token: Option<String>,
+    /// Without a token on loopback: only loopback `Host` names are served.
+    pub loopback_only: bool,
     pub upload_limit: usize,
 }
 
@@ -102,10 +104,32 @@ fn body_error(status: StatusCode, text: String, limit: usize) -> ApiError {
     ApiError::new(status, text)
 }
 
-/// A JSON body; errors name the field at fault.
-fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> ApiResult<T> {
-    let body = body.map_err(|r| body_error(r.status(), r.body_text(), limit))?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("the JSON body: {e}")))
+/// A JSON body; errors name the field at fault. `Content-Type:
+/// application/json` is required: a web page elsewhere cannot send that
+/// without the browser asking first (a CORS preflight, which this server refuses).
+struct JsonBody<T>(T);
+
+impl<T: DeserializeOwned> FromRequest<Shared> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &Shared) -> ApiResult<Self> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as `Content-Type: application/json`",
+            ));
+        }
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|r| body_error(r.status(), r.body_text(), state.upload_limit))?;
+        let value = serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("the JSON body: {e}")))?;
+        Ok(JsonBody(value))
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -113,7 +137,20 @@ async fn not_found() -> ApiError {
 }
 
 /// With `--token`, every API call needs `Authorization: Bearer TOKEN`.
+/// Without one, on loopback, the `Host` must name loopback too, so a page
+/// elsewhere cannot reach the API by pointing its own name at 127.0.0.1
+/// (DNS rebinding).
 async fn auth(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    if state.loopback_only {
+        let host = request.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !is_loopback_host(host) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("`Host: {host}` is not a loopback name (use 127.0.0.1 or localhost, or serve with --token)"),
+            )
+            .into_response();
+        }
+    }
     if let Some(token) = &state.token {
         let given = request
             .headers()
@@ -129,6 +166,15 @@ async fn auth(State(state): State<Shared>, request: Request, next: Next) -> Resp
         }
     }
     next.run(request).await
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]`…, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Equality in time independent of where the bytes differ.
@@ -241,7 +287,7 @@ async fn inspect(State(state): State<Shared>, request: Request) -> ApiResult<Jso
         let recipe = Recipe::from_text_chunks(&text).map_err(|e| ApiError::bad(format!("{}: {e}", file.name)))?;
         return Ok(Json(json!({ "name": file.name, "recipe": recipe_json(&recipe) })));
     }
-    let body: CodeBody = parse_json(Bytes::from_request(request, &state).await, state.upload_limit)?;
+    let JsonBody(body) = JsonBody::<CodeBody>::from_request(request, &state).await?;
     Ok(Json(commands::inspect::json(&body.code).map_err(ApiError::bad)?))
 }
 
@@ -273,8 +319,7 @@ struct MixBody {
     codes: Vec<CodeWeight>,
 }
 
-async fn mix(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
-    let body: MixBody = parse_json(body, state.upload_limit)?;
+async fn mix(JsonBody(body): JsonBody<MixBody>) -> ApiResult<Json<Value>> {
     let code = commands::mix::mix(&weighted_codes(&body.codes)?).map_err(|e| ApiError::bad(format!("{e:#}")))?;
     Ok(Json(json!({ "code": code.format(CodeFormat::Paper), "official": code.format(CodeFormat::Official) })))
 }
@@ -357,8 +402,8 @@ fn generate_request(body: GenerateBody, info: &WorkerInfo) -> ApiResult<Generate
     Ok(GenerateRequest::repeated(first, num as usize, settings))
 }
 
-async fn generate(State(state): State<Shared>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
-    let request = generate_request(parse_json(body, state.upload_limit)?, &state.info)?;
+async fn generate(State(state): State<Shared>, JsonBody(body): JsonBody<GenerateBody>) -> ApiResult<Response> {
+    let request = generate_request(body, &state.info)?;
     let job = match state.table.submit(request) {
         Ok(job) => job,
         Err(QueueFull) => {
@@ -495,12 +540,17 @@ mod tests {
             backend: "cpu".into(),
             outputs: PathBuf::from("no-such-outputs"),
             token: token.map(str::to_string),
+            loopback_only: token.is_none(),
             upload_limit,
         }))
     }
 
     async fn call(app: Router, method: &str, uri: &str, auth: Option<&str>, body: &str) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(uri).header("Content-Type", "application/json");
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("Host", "127.0.0.1:7860")
+            .header("Content-Type", "application/json");
         if let Some(auth) = auth {
             request = request.header("Authorization", auth);
         }
@@ -527,8 +577,46 @@ mod tests {
             }
             let (status, body) = call(app.clone(), "GET", "/api/health", Some("Bearer s3cret"), "").await;
             assert_eq!((status, body["stylecodes_version"].as_str()), (StatusCode::OK, Some("1")));
+            // Any Host: with a token, the header is the check.
+            let request = Request::get("/api/health")
+                .header("Host", "stylecode.example:7860")
+                .header("Authorization", "Bearer s3cret")
+                .body(Body::empty())
+                .unwrap();
+            assert_eq!(app.clone().oneshot(request).await.unwrap().status(), StatusCode::OK);
             let page = app.oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
             assert_eq!(page.status(), StatusCode::OK);
+        });
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_names_and_json_bodies_get_in() {
+        for (host, loopback) in [
+            ("127.0.0.1:7860", true),
+            ("localhost:7860", true),
+            ("LOCALHOST", true),
+            ("[::1]:7860", true),
+            ("127.9.9.9", true),
+            ("evil.example:7860", false),
+            ("192.168.1.2:7860", false),
+            ("localhost.evil.example", false),
+            ("", false),
+        ] {
+            assert_eq!(is_loopback_host(host), loopback, "{host}");
+        }
+        run(async {
+            let app = app(None, 1 << 20);
+            let request = Request::get("/api/health").header("Host", "evil.example:7860").body(Body::empty()).unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::FORBIDDEN);
+            // A cross-site form may send text/plain without asking; it is refused.
+            let request = Request::post("/api/mix")
+                .header("Host", "127.0.0.1:7860")
+                .header("Content-Type", "text/plain")
+                .body(Body::from(r#"{"codes":[]}"#))
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
         });
     }
 
