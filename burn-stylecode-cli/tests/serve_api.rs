@@ -322,7 +322,7 @@ fn thirty_concurrent_requests_with_a_queue_of_four() {
         (accepted.len(), refused)
     });
     assert_eq!(accepted + refused, 30);
-    assert!(accepted >= 5, "the running job and a queue of 4 are accepted at least: {accepted}");
+    assert!(accepted >= 4, "a queue of 4 takes 4 at least: {accepted}");
     assert!(health_ok.load(std::sync::atomic::Ordering::SeqCst) > 0);
     eprintln!("30 concurrent requests: {accepted} accepted, {refused} refused");
 }
