@@ -2,6 +2,7 @@
 
 mod backend;
 mod commands;
+mod serve;
 
 use backend::BackendKind;
 use burn::tensor::DType;
@@ -35,13 +36,21 @@ impl ModelArgs {
         dtype: Option<&str>,
         device: B::Device,
     ) -> burn_stylecode::StyleCodes<B> {
-        let dtype = match dtype {
+        burn_stylecode::StyleCodes::new(self.weights_dir(), self.dtype(dtype), device)
+    }
+
+    pub fn weights_dir(&self) -> burn_stylecode::WeightsDir {
+        burn_stylecode::WeightsDir::resolve(self.weights.clone())
+    }
+
+    /// `--dtype` if given, else f16 on GPU backends and f32 on the CPU.
+    pub fn dtype(&self, dtype: Option<&str>) -> DType {
+        match dtype {
             Some("f16") => DType::F16,
             Some(_) => DType::F32,
             None if self.backend == BackendKind::Cpu => DType::F32,
             None => DType::F16,
-        };
-        burn_stylecode::StyleCodes::new(burn_stylecode::WeightsDir::resolve(self.weights.clone()), dtype, device)
+        }
     }
 }
 
@@ -63,6 +72,8 @@ enum Command {
     Train(Box<commands::train::Args>),
     /// Write a training checkpoint into a weights folder with a new version.
     Export(commands::export::Args),
+    /// A web page and HTTP API for encoding and generation.
+    Serve(Box<commands::serve::Args>),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +87,7 @@ fn main() -> ExitCode {
         Command::Random(args) => commands::random::run(args),
         Command::Train(args) => commands::train::run(*args),
         Command::Export(args) => commands::export::run(args),
+        Command::Serve(args) => commands::serve::run(*args),
     };
     match result {
         Ok(code) => code,

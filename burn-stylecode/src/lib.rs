@@ -29,7 +29,7 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub use pipeline::{
-    read_png_text, write_png, GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, Progress, Recipe, Style,
-    StyleCodes, WeightsDir,
+    read_png_text, read_png_text_bytes, write_png, GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec,
+    Progress, Recipe, Style, StyleCodes, WeightsDir,
 };
 pub use style::{CodeFormat, EncodedStyle, StyleCode, WeightedCode};

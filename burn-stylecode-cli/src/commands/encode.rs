@@ -3,7 +3,7 @@ use crate::ModelArgs;
 use anyhow::Result;
 use burn::prelude::Backend;
 use burn_stylecode::siglip::preprocess::load_rgb;
-use burn_stylecode::{read_png_text, CodeFormat, EncodedStyle};
+use burn_stylecode::{read_png_text, CodeFormat, EncodedStyle, Recipe};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -65,8 +65,7 @@ impl Job for EncodeJob {
 
 /// The code a PNG made by `stylecode generate` carries, if any.
 fn stored_code(path: &std::path::Path) -> Option<String> {
-    let text = read_png_text(path).ok()?;
-    text.into_iter().find(|(key, _)| key == "stylecode").map(|(_, value)| value)
+    Recipe::stored_code(&read_png_text(path).ok()?).map(str::to_string)
 }
 
 fn line(path: &std::path::Path, style: &EncodedStyle, stored: Option<&str>, format: CodeFormat, json: bool) -> String {

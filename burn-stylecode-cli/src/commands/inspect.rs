@@ -11,19 +11,26 @@ pub struct Args {
     json: bool,
 }
 
+/// What `--json` prints (and `stylecode serve`'s `/api/inspect` answers).
+pub fn json(text: &str) -> Result<serde_json::Value, burn_stylecode::style::code::CodeError> {
+    let (code, format) = StyleCode::parse(text)?;
+    Ok(serde_json::json!({
+        "format": format.name(),
+        "version": code.version().to_string(),
+        "values": code.values(),
+        "latent": code.latent(),
+    }))
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
+    if args.json {
+        println!("{}", json(&args.code)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let (code, format) = StyleCode::parse(&args.code)?;
     let values = code.values();
     let latent = code.latent();
-    if args.json {
-        let object = serde_json::json!({
-            "format": format.name(),
-            "version": code.version().to_string(),
-            "values": values,
-            "latent": latent,
-        });
-        println!("{object}");
-    } else {
+    {
         println!("format:  {}", format.name());
         println!("version: {}", code.version());
         println!("values:  {}", values.map(|v| v.to_string()).join(" "));

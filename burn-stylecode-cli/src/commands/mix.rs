@@ -14,7 +14,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (latent, version) = blend(&args.codes)?;
-    println!("{}", StyleCode::from_latent(&latent, version)?.format(args.format));
+    println!("{}", mix(&args.codes)?.format(args.format));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The code nearest the weighted mean of the codes' latents.
+pub fn mix(codes: &[WeightedCode]) -> Result<StyleCode> {
+    let (latent, version) = blend(codes)?;
+    Ok(StyleCode::from_latent(&latent, version)?)
 }

@@ -5,4 +5,5 @@ pub mod generate;
 pub mod inspect;
 pub mod mix;
 pub mod random;
+pub mod serve;
 pub mod train;

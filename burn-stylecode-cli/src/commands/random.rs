@@ -1,6 +1,6 @@
 use anyhow::Result;
-use burn_stylecode::style::code::{random_code, OFFICIAL_VERSION};
-use burn_stylecode::CodeFormat;
+use burn_stylecode::style::code::{random_code, CodeError, OFFICIAL_VERSION};
+use burn_stylecode::{CodeFormat, StyleCode};
 use rand::{Rng, SeedableRng};
 use std::process::ExitCode;
 
@@ -17,8 +17,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed.unwrap_or_else(rand::random));
-    let code = random_code(&mut || rng.random(), args.version)?;
-    println!("{}", code.format(args.format));
+    println!("{}", code(args.seed, args.version)?.format(args.format));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The code of `seed` (a random seed if none), for weights of `version`.
+pub fn code(seed: Option<u64>, version: char) -> Result<StyleCode, CodeError> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.unwrap_or_else(rand::random));
+    random_code(&mut || rng.random(), version)
 }

@@ -7,7 +7,7 @@ mod recipe;
 mod request;
 mod weights_dir;
 
-pub use png_text::{read_png_text, write_png};
+pub use png_text::{read_png_text, read_png_text_bytes, write_png};
 pub use recipe::Recipe;
 pub use request::{GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, Progress, Style};
 pub use weights_dir::{WeightsDir, WEIGHTS_ENV};

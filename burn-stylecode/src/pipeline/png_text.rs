@@ -48,7 +48,16 @@ pub fn write_png(path: &Path, image: &RgbImage, text: &[(String, String)], overw
 /// The text chunks (tEXt, zTXt and iTXt) of a PNG file, in file order per kind.
 pub fn read_png_text(path: &Path) -> Result<Vec<(String, String)>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let decoder = png::Decoder::new(std::io::BufReader::new(file));
+    png_text(std::io::BufReader::new(file), path)
+}
+
+/// The text chunks of a PNG held in memory (an upload); errors name `path`.
+pub fn read_png_text_bytes(bytes: &[u8], path: &Path) -> Result<Vec<(String, String)>> {
+    png_text(std::io::Cursor::new(bytes), path)
+}
+
+fn png_text(reader: impl std::io::BufRead + std::io::Seek, path: &Path) -> Result<Vec<(String, String)>> {
+    let decoder = png::Decoder::new(reader);
     let reader = decoder.read_info().map_err(|e| Error::Image { path: path.to_path_buf(), message: e.to_string() })?;
     let info = reader.info();
     let mut text: Vec<(String, String)> =

@@ -47,6 +47,11 @@ impl Recipe {
         text.into_iter().map(|(key, value)| (key.to_string(), value)).collect()
     }
 
+    /// The code a PNG made by `generate` carries in its `stylecode` chunk, if any.
+    pub fn stored_code(text: &[(String, String)]) -> Option<&str> {
+        text.iter().find(|(key, _)| key == "stylecode").map(|(_, value)| value.as_str())
+    }
+
     /// The recipe in a PNG's text chunks; errors name the chunk at fault.
     pub fn from_text_chunks(text: &[(String, String)]) -> Result<Self> {
         let get = |key: &str| text.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());

@@ -76,9 +76,17 @@ impl GenerateSettings {
         self.guidance_scale.unwrap_or(if styled { Self::STYLED_GUIDANCE } else { Self::PLAIN_GUIDANCE })
     }
 
-    /// Errors naming the setting at fault (sizes and steps are checked by
-    /// the SD pipeline, which knows the VAE's scale factor).
+    /// Errors naming the setting at fault, before any model is loaded.
     pub fn validate(&self) -> Result<()> {
+        // Sizes, steps and guidance as the SD pipeline checks them.
+        let sd = crate::sd::pipeline::Settings {
+            steps: self.steps,
+            guidance_scale: self.guidance(false),
+            width: self.width,
+            height: self.height,
+            ..Default::default()
+        };
+        sd.validate()?;
         if self.karras && !self.scheduler.supports_karras() {
             return Err(Error::InvalidRequest(format!(
                 "Karras sigmas do not apply to the {} scheduler",

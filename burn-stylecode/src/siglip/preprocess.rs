@@ -12,7 +12,12 @@ use std::path::Path;
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let image = image::load_from_memory(&bytes)
+    decode_rgb(&bytes, path)
+}
+
+/// An image file's bytes (an upload, say) as RGB; errors name `path`.
+pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    let image = image::load_from_memory(bytes)
         .map_err(|e| Error::Image { path: path.to_path_buf(), message: format!("cannot decode image: {e}") })?;
     Ok(image.to_rgb8())
 }
