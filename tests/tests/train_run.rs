@@ -259,6 +259,12 @@ fn bad_settings_are_refused_before_anything_is_written() {
         train::<Ad>(&TrainConfig { resolution: 20, ..config(data.path(), 1) }, &run_dir, false, &device(), |_| {});
     assert!(matches!(&refused, Err(e) if e.to_string().contains("20")), "{refused:?}");
     assert!(!run_dir.exists(), "nothing is written for settings that cannot work");
+    let bad_data = tempfile::tempdir().unwrap();
+    std::fs::write(bad_data.path().join("manifest.jsonl"), "{\"image\": \"missing.png\", \"prompt\": \"x\"}\n")
+        .unwrap();
+    let refused = train::<Ad>(&config(bad_data.path(), 1), &run_dir, false, &device(), |_| {});
+    assert!(matches!(&refused, Err(e) if e.to_string().contains("manifest.jsonl:1")), "{refused:?}");
+    assert!(!run_dir.join("config.json").exists(), "a run that cannot start leaves no run to --resume");
     drop(guard);
     run(&config(data.path(), 1), &run_dir);
     let _serial = serial();

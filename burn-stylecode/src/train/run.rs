@@ -244,10 +244,11 @@ pub fn train<B: AutodiffBackend>(
             "--mixed-precision bf16/f16 is not implemented yet; train with --mixed-precision no (f32)".into(),
         ));
     }
-    prepare_run_dir(config, run_dir, resume)?;
+    check_run_dir(config, run_dir, resume)?;
     let options = DatasetOptions { resolution: config.resolution, skip_bad: config.skip_bad };
     let (dataset, skipped) = Dataset::open(&config.data, &options)?;
     if !skipped.is_empty() {
+        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
         write_skipped(run_dir.join("skipped.jsonl"), &skipped)?;
     }
 
@@ -263,6 +264,8 @@ pub fn train<B: AutodiffBackend>(
         false => Features::Live { empty_context: empty_context(&frozen)? },
     };
     let validation = config.validation.as_deref().map(|path| Validation::open(path, &frozen)).transpose()?;
+    // Written once everything loaded: a run that cannot start leaves no run behind.
+    write_config(config, run_dir)?;
 
     let base = UNetConfig::from_file(&weights.sd15_dir().join("unet").join("config.json"))?;
     let model_config = model_config(config, &weights)?;
@@ -407,8 +410,9 @@ fn truncate_metrics(run_dir: &Path, step: u64) -> Result<()> {
     write_atomic(&path, kept.as_bytes())
 }
 
-/// Creates `run_dir` with `config.json`, or checks a resumed run's settings.
-fn prepare_run_dir(config: &TrainConfig, run_dir: &Path, resume: bool) -> Result<()> {
+/// Refuses to start over a run without `--resume`, or to resume one with
+/// other settings.
+fn check_run_dir(config: &TrainConfig, run_dir: &Path, resume: bool) -> Result<()> {
     let path = run_dir.join(CONFIG);
     let saved = std::fs::read_to_string(&path).ok();
     match (saved, resume) {
@@ -439,6 +443,12 @@ fn prepare_run_dir(config: &TrainConfig, run_dir: &Path, resume: bool) -> Result
         }
         (None, _) => {}
     }
+    Ok(())
+}
+
+/// `run_dir/config.json`, creating the folder.
+fn write_config(config: &TrainConfig, run_dir: &Path) -> Result<()> {
+    let path = run_dir.join(CONFIG);
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
     let mut json = serde_json::to_vec_pretty(config).expect("the config serialises");
     json.push(b'\n');
