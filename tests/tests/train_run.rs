@@ -51,7 +51,7 @@ fn dataset(dir: &Path) {
 fn config(data: &Path, steps: u64) -> TrainConfig {
     TrainConfig {
         data: data.to_path_buf(),
-        weights: weights().root().to_path_buf(),
+        weights: unit_scaled_weights(),
         init: Init::Paper,
         steps,
         batch_size: 4,
@@ -63,6 +63,25 @@ fn config(data: &Path, steps: u64) -> TrainConfig {
         checkpoint_every: steps,
         ..TrainConfig::default()
     }
+}
+
+/// The tiny weights with the VAE's `scaling_factor` set for its own latents.
+/// SD's 0.18215 is 1/std of SD's VAE latents; the tiny random VAE's latents
+/// already have a std near 1 (posterior std 0.7–1.8, means ±0.8), so at
+/// 0.18215 its targets sit ~0.1 under unit noise and no style can be told
+/// apart in the loss. 1.0 is the factor diffusers' definition gives it.
+fn unit_scaled_weights() -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(weights().root(), dir.path());
+        let path = dir.path().join("sd15/vae/config.json");
+        let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        config["scaling_factor"] = 1.0.into();
+        std::fs::write(&path, config.to_string()).unwrap();
+        dir
+    });
+    dir.path().to_path_buf()
 }
 
 /// The backend's RNG (the autoencoder's dropout, seeded per micro-batch) is
@@ -88,7 +107,7 @@ fn run(config: &TrainConfig, run_dir: &Path) -> Vec<f64> {
 /// A weights folder with the tiny SigLIP and SD1.5 and `run_dir`'s export.
 fn exported(run_dir: &Path, out: &Path, version: char) -> WeightsDir {
     for part in ["siglip", "sd15"] {
-        copy_dir(&weights().root().join(part), &out.join(part));
+        copy_dir(&unit_scaled_weights().join(part), &out.join(part));
     }
     export(&find(run_dir, None).unwrap(), version, out).unwrap();
     WeightsDir::new(out)
@@ -177,10 +196,12 @@ fn steers_apart(weights: WeightsDir) -> ([bool; 2], String) {
     ([distance(&a, &target_a) < distance(&a, &target_b), distance(&b, &target_b) < distance(&b, &target_a)], report)
 }
 
-/// Open (issue 11): on the tiny random models the loss falls (1.07 → 0.72
-/// in 300 steps) and generations move onto the targets' latents (distance
-/// 3.8 → 0.6), but both codes steer alike (channel means differ by ~0.003):
-/// the style pathway does not learn yet. Run by hand with `--ignored`.
+/// Open (issue 11): on the tiny random models the loss falls and the
+/// generations move onto the targets' latents (distance 3.8 → 0.6 in 300
+/// steps), but the two codes steer alike (channel means 0.001 apart). The
+/// decoder does tell the codes apart (decoded features 30% apart for the
+/// extreme latents), the mixers grow (mean |ctrl → base| 0.06), but what they
+/// learn is style-independent. Run by hand with `--ignored`.
 #[test]
 #[ignore = "open: the style pathway does not learn on the tiny models yet (issue 11 note)"]
 fn it_learns_style_and_an_untrained_model_does_not() {
@@ -200,9 +221,9 @@ fn it_learns_style_and_an_untrained_model_does_not() {
     let mean = |part: &[f64]| part.iter().sum::<f64>() / part.len() as f64;
     let (first, last) = (mean(&losses[..20]), mean(&losses[losses.len() - 20..]));
     println!("loss: first 20 steps {first:.4}, last 20 steps {last:.4}");
-    assert!(last < 0.9 * first, "the loss must fall: {first} → {last}");
     let (trained, report) = steers_apart(exported(&trained_dir, &runs.path().join("w1"), 't'));
     println!("trained: {report}");
+    assert!(last < 0.9 * first, "the loss must fall: {first} → {last}");
     assert!(trained[0] && trained[1], "each style's code must steer towards its own targets: {report}");
 }
 

@@ -25,9 +25,6 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::DType;
 use std::path::PathBuf;
 
-/// SD's latent scaling factor (`vae.config.scaling_factor`).
-pub const VAE_SCALING: f32 = 0.18215;
-
 /// The borrowed, frozen networks of a training run.
 pub struct Frozen<B: AutodiffBackend> {
     pub siglip: SiglipVisionTransformer<B::InnerBackend>,
@@ -146,8 +143,10 @@ pub fn loss<B: AutodiffBackend>(
 
     // Frozen, off the tape.
     let context = batch.context.clone().cast(dtype);
-    let z0 = (batch.latent_mean.clone() + (batch.latent_logvar.clone() * 0.5).exp() * batch.posterior_noise.clone())
-        * VAE_SCALING;
+    // The posterior sample in the UNet's space (`vae.config.scaling_factor`).
+    let z0 = frozen.sd.vae.to_diffusion(
+        batch.latent_mean.clone() + (batch.latent_logvar.clone() * 0.5).exp() * batch.posterior_noise.clone(),
+    );
     let per_sample =
         |values: Vec<f32>| Tensor::<B::InnerBackend, 1>::from_floats(values.as_slice(), &device).reshape([n, 1, 1, 1]);
     let abar: Vec<f32> = batch.timesteps.iter().map(|&t| frozen.alphas_cumprod[t]).collect();
