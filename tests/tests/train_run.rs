@@ -333,3 +333,40 @@ fn validation_writes_a_grid_and_scores_it() {
     let error = train::<Ad>(&bad, &runs.path().join("bad"), false, &device(), |_| {}).unwrap_err();
     assert!(error.to_string().contains("bad.jsonl:2"), "{error}");
 }
+
+#[test]
+fn the_feature_cache_is_reused_and_rebuilt_when_its_inputs_change() {
+    use burn_stylecode::train::cache::FeatureCache;
+    use burn_stylecode::train::data::{Dataset, DatasetOptions};
+    use burn_stylecode::train::step::Frozen;
+    let data = tempfile::tempdir().unwrap();
+    dataset(data.path());
+    let root = tempfile::tempdir().unwrap();
+    let frozen = Frozen::<Ad>::load(&WeightsDir::new(unit_scaled_weights()), DType::F32, &device()).unwrap();
+    let options = DatasetOptions { resolution: RESOLUTION, skip_bad: false };
+    let open = || {
+        let (dataset, _) = Dataset::open(data.path(), &options).unwrap();
+        let mut built = 0;
+        let cache = FeatureCache::open_or_build(root.path(), &dataset, &frozen, &mut |_, _| built += 1).unwrap();
+        (cache, dataset, built)
+    };
+    let (first, dataset_1, built) = open();
+    assert!(built > 0, "the first open builds the cache");
+    let before = first.read(&[0, 5]).unwrap();
+    let (again, _, built) = open();
+    assert_eq!(built, 0, "an unchanged dataset and weights reuse the cache");
+    assert_eq!(again.dir(), first.dir());
+    assert_eq!(again.read(&[0, 5]).unwrap(), before);
+
+    // Entry 5 (`cool2.png`) gets other pixels: the fingerprint changes.
+    let changed = &dataset_1.entries()[5].style;
+    warm(3).save(changed).unwrap();
+    let (rebuilt, _, built) = open();
+    assert!(built > 0, "a changed image rebuilds the cache");
+    assert_ne!(rebuilt.dir(), first.dir());
+    assert!(!first.dir().exists(), "the stale cache is removed");
+    let after = rebuilt.read(&[0, 5]).unwrap();
+    let per_entry = after.style.len() / 2;
+    assert_eq!(after.style[..per_entry], before.style[..per_entry], "entry 0 is unchanged");
+    assert_ne!(after.style[per_entry..], before.style[per_entry..], "entry 5 has its new features");
+}
