@@ -48,6 +48,9 @@ pub enum Error {
     /// The backend failed to hand a tensor back to the host.
     #[error("reading {what} back from the device: {message}")]
     ReadBack { what: &'static str, message: String },
+    /// A generation estimated to need more memory than it may use.
+    #[error("{request} needs an estimated {estimate}, over the limit of {limit}; lower the size or the batch")]
+    OutOfMemory { request: String, estimate: String, limit: String },
     /// The progress callback asked to stop.
     #[error("cancelled")]
     Cancelled,
