@@ -14,8 +14,11 @@ use burn_stylecode::weights::TensorFile;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// A fuzz target's body: any bytes in, nothing out.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets by name, as in `fuzz/Cargo.toml` and `fuzz/corpus/NAME/`.
-pub const TARGETS: [(&str, fn(&[u8])); 4] =
+pub const TARGETS: [(&str, Target); 4] =
     [("pickle_bin", pickle_bin), ("safetensors", safetensors), ("png_text", png_text), ("manifest", manifest)];
 
 fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {

@@ -198,7 +198,7 @@ mod jpeg {
                 bytes.len() as tj::size_t,
                 pixels.as_mut_ptr(),
                 (width as usize * channels) as i32,
-                format as i32,
+                format,
             )
         };
         let warning = match status {
