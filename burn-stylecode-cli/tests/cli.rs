@@ -216,4 +216,9 @@ fn generation_too_large_for_memory_is_refused_before_allocating() {
     let err = stderr(&out);
     assert!(err.contains("64x64") && err.contains("1.0 MiB (the --max-memory limit)"), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+
+    // Billions of images would need their paths listed first: refused by the parser.
+    let out = run(&["--num", "4294967295"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--num") && !stderr(&out).contains("memory allocation"), "{}", stderr(&out));
 }

@@ -50,8 +50,8 @@ pub struct Args {
     /// Pixels, a multiple of 8 (of the VAE's scale factor).
     #[arg(long, default_value_t = 512)]
     height: usize,
-    /// Number of images.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Number of images (at most 10000: each is listed and checked before any work).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     num: u32,
     /// Images per batch through the networks.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
