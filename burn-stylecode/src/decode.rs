@@ -184,6 +184,10 @@ mod jpeg {
         }
         let (width, height) = (handle.get(tj::TJPARAM_TJPARAM_JPEGWIDTH), handle.get(tj::TJPARAM_TJPARAM_JPEGHEIGHT));
         let (width, height) = (u32::try_from(width).unwrap_or(0), u32::try_from(height).unwrap_or(0));
+        if width == 0 || height == 0 {
+            // The file ends (or breaks) before its frame header.
+            return Err(format!("truncated or corrupt JPEG: no frame header ({})", handle.message()));
+        }
         check_size(width, height, options)?;
         let colorspace = handle.get(tj::TJPARAM_TJPARAM_COLORSPACE);
         let cmyk = colorspace == tj::TJCS_TJCS_CMYK as i32 || colorspace == tj::TJCS_TJCS_YCCK as i32;
@@ -247,6 +251,8 @@ mod tests {
     fn unknown_formats_and_oversized_images_are_refused() {
         let error = decode_bytes(b"GIF89a", &DecodeOptions::default()).unwrap_err();
         assert!(error.contains("not a PNG or JPEG"), "{error}");
+        let error = decode_bytes(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 16, b'J'], &DecodeOptions::default()).unwrap_err();
+        assert!(error.contains("truncated or corrupt JPEG"), "{error}");
         let mut png = Vec::new();
         RgbImage::new(30, 20).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
         let strict = DecodeOptions { max_pixels: 599, ..DecodeOptions::default() };
