@@ -115,6 +115,7 @@ fn png_rgb(bytes: &[u8], options: &DecodeOptions) -> std::result::Result<Decoded
 }
 
 /// PIL's `cmyk2rgb` (Convert.c): each ink darkens by `k`, rounding as its `MULDIV255`.
+#[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
 fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
     let muldiv255 = |a: u32, b: u32| {
         let t = a * b + 128;
