@@ -54,6 +54,17 @@ impl ModelArgs {
     }
 }
 
+/// Decodes an image as PIL does; with `allow_truncated` (`--allow-truncated`)
+/// a truncated or corrupt file is kept as far as it decodes, with a warning.
+pub fn load_image(path: &std::path::Path, allow_truncated: bool) -> burn_stylecode::Result<image::RgbImage> {
+    use burn_stylecode::decode::{decode_file, DecodeOptions};
+    let decoded = decode_file(path, &DecodeOptions { allow_truncated, ..DecodeOptions::default() })?;
+    if let Some(warning) = decoded.warning {
+        eprintln!("warning: {}: {warning}; using what decoded", path.display());
+    }
+    Ok(decoded.image)
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Print the stylecode of each image.

@@ -19,31 +19,19 @@ fn stderr(output: &Output) -> String {
     String::from_utf8(output.stderr.clone()).unwrap()
 }
 
-/// (path, paper code, official code) of the two fixture images. The PNG's
-/// codes are PyTorch's (the pipeline is exact on lossless input); the JPEG's
-/// come from the library, since JPEG decoders differ by a level or two (see
-/// tests/tests/encode.rs for how that is bounded).
+/// (path, paper code, official code) of the two fixture images: PyTorch's
+/// codes, which the pipeline reproduces exactly for the PNG and the JPEG
+/// alike (JPEGs decode through libjpeg-turbo, as PIL).
 fn reference_codes() -> Vec<(String, String, String)> {
-    use burn_stylecode::siglip::preprocess::load_rgb;
     let text = std::fs::read_to_string(fixtures().join("reference/encode.json")).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let encoder = burn_stylecode::StyleCodes::<burn::backend::Flex>::new(
-        burn_stylecode::WeightsDir::new(fixtures().join("weights")),
-        burn::tensor::DType::F32,
-        Default::default(),
-    );
     json["images"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| {
-            let path = e["path"].as_str().unwrap().to_string();
-            if path.ends_with(".png") {
-                (path, e["code"].as_str().unwrap().to_string(), e["official"].as_str().unwrap().to_string())
-            } else {
-                let style = &encoder.encode(&[load_rgb(fixtures().join(&path)).unwrap()]).unwrap()[0];
-                (path, style.code.to_paper(), style.code.to_official())
-            }
+            let field = |key: &str| e[key].as_str().unwrap().to_string();
+            (field("path"), field("code"), field("official"))
         })
         .collect()
 }
@@ -186,4 +174,51 @@ fn backend_not_compiled_in_names_the_feature() {
     let out = stylecode(&["encode", &image("images/photo.jpg"), "--backend", "wgpu", "--weights", &weights()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--features wgpu"), "{}", stderr(&out));
+}
+
+#[test]
+fn truncated_images_are_errors_unless_allowed() {
+    let truncated = image("images/jpeg/truncated_baseline.jpg");
+    let out = stylecode(&["encode", &truncated, "--weights", &weights()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("truncated_baseline.jpg") && err.contains("truncated or corrupt"), "{err}");
+
+    let out = stylecode(&["encode", &truncated, "--allow-truncated", "--weights", &weights()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim().len(), 21, "a paper code");
+    let err = stderr(&out);
+    assert!(err.starts_with("warning: ") && err.contains("truncated_baseline.jpg"), "{err}");
+}
+
+#[test]
+fn generation_too_large_for_memory_is_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_png = dir.path().join("huge.png");
+    let weights = weights();
+    let base = ["generate", "-p", "a cat", "--steps", "1", "-q", "--weights", &weights];
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend(["-o", out_png.to_str().unwrap()]);
+        args.extend(extra);
+        stylecode(&args)
+    };
+    let out = run(&["--width", "80000", "--height", "80000"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: 1 image(s) of 80000x80000") && err.contains("needs an estimated"), "{err}");
+    assert!(err.contains("TiB") && err.contains("over the limit of"), "{err}");
+
+    let out = run(&["--width", "64", "--height", "64", "--max-memory", "1M"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("64x64") && err.contains("1.0 MiB (the --max-memory limit)"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+
+    // Billions of images would need their paths listed first: refused by the parser.
+    let out = run(&["--num", "4294967295"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--num") && !stderr(&out).contains("memory allocation"), "{}", stderr(&out));
 }

@@ -48,6 +48,12 @@ pub enum Error {
     /// The backend failed to hand a tensor back to the host.
     #[error("reading {what} back from the device: {message}")]
     ReadBack { what: &'static str, message: String },
+    /// A generation estimated to need more memory than it may use.
+    #[error("{request} needs an estimated {estimate}, over the limit of {limit}; lower the size or the batch")]
+    OutOfMemory { request: String, estimate: String, limit: String },
+    /// NaN or infinite values out of a network during generation.
+    #[error("{stage} has {count} NaN or infinite value(s) at {at}: f16 overflow (try --dtype f32) or broken weights")]
+    NonFinite { stage: &'static str, at: String, count: u64 },
     /// The progress callback asked to stop.
     #[error("cancelled")]
     Cancelled,

@@ -17,6 +17,7 @@
 #[doc = include_str!("../../README.md")]
 struct ReadmeExamples;
 
+pub mod decode;
 pub mod error;
 pub mod import;
 pub mod nn;

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 /// Each top-level module's layer; a module may use lower layers, and
 /// modules of its own layer as long as no cycle forms.
-const LAYERS: [(&str, usize); 10] = [
+const LAYERS: [(&str, usize); 11] = [
     ("error", 0),
+    ("decode", 1),
     ("nn", 1),
     ("weights", 2),
     ("siglip", 3),

@@ -1,8 +1,7 @@
 use crate::backend::{dispatch, Job};
-use crate::ModelArgs;
+use crate::{load_image, ModelArgs};
 use anyhow::Result;
 use burn::prelude::Backend;
-use burn_stylecode::siglip::preprocess::load_rgb;
 use burn_stylecode::{read_png_text, CodeFormat, EncodedStyle, Recipe};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +22,9 @@ pub struct Args {
     /// Images per batch through the networks.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
+    /// Encode truncated or corrupt images as far as they decode (with a warning).
+    #[arg(long)]
+    allow_truncated: bool,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -45,7 +47,7 @@ impl Job for EncodeJob {
         let mut failed = false;
         let mut readable = Vec::new();
         for path in &args.images {
-            match load_rgb(path) {
+            match load_image(path, args.allow_truncated) {
                 Ok(image) => readable.push((path, image)),
                 Err(error) => {
                     eprintln!("error: {error}");

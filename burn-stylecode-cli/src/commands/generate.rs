@@ -1,9 +1,8 @@
 use crate::backend::{dispatch, Job};
-use crate::ModelArgs;
+use crate::{load_image, ModelArgs};
 use anyhow::{bail, Result};
 use burn::prelude::Backend;
 use burn_stylecode::sd::schedulers::SchedulerKind;
-use burn_stylecode::siglip::preprocess::load_rgb;
 use burn_stylecode::{write_png, GenerateRequest, GenerateSettings, ImageSpec, Style, WeightedCode};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::ops::ControlFlow;
@@ -29,6 +28,13 @@ pub struct Args {
     /// Image to take the style from (encoded to a code first).
     #[arg(long, value_name = "IMG")]
     style_image: Option<PathBuf>,
+    /// With --style-image: accept a truncated or corrupt image (with a warning).
+    #[arg(long, requires = "style_image")]
+    allow_truncated: bool,
+    /// Refuse a batch estimated to need more memory than this (e.g. 8G, 512M;
+    /// one over the machine's available memory is always refused).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    max_memory: Option<u64>,
     /// With --style-image: use the latent as is, not its 6-bit code.
     #[arg(long, requires = "style_image")]
     exact_style: bool,
@@ -44,8 +50,8 @@ pub struct Args {
     /// Pixels, a multiple of 8 (of the VAE's scale factor).
     #[arg(long, default_value_t = 512)]
     height: usize,
-    /// Number of images.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Number of images (at most 10000: each is listed and checked before any work).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     num: u32,
     /// Images per batch through the networks.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -81,6 +87,25 @@ fn parse_scale(text: &str) -> Result<f64, String> {
     }
 }
 
+/// `1234`, `512K`, `512M`, `8G` or `1T` (powers of 1024; a trailing `B` or `iB` is allowed).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let number = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (digits, shift) = match number.chars().last() {
+        Some('K') => (&number[..number.len() - 1], 10),
+        Some('M') => (&number[..number.len() - 1], 20),
+        Some('G') => (&number[..number.len() - 1], 30),
+        Some('T') => (&number[..number.len() - 1], 40),
+        _ => (number, 0),
+    };
+    let value: f64 = digits.trim().parse().map_err(|_| format!("`{text}` is not a size (e.g. 8G, 512M, 1000000)"))?;
+    let bytes = value * (1u64 << shift) as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("`{text}` is not a positive size under 16 EiB"));
+    }
+    Ok(bytes as u64)
+}
+
 fn parse_scheduler(name: &str) -> Result<SchedulerKind, String> {
     name.parse().map_err(|e: burn_stylecode::sd::schedulers::SchedulerError| e.to_string())
 }
@@ -114,12 +139,12 @@ impl Job for GenerateJob {
                 bail!("{} exists (pass --overwrite to replace it)", existing.display());
             }
         }
-        let mut styles = args.model.style_codes::<B>(args.dtype.as_deref(), device);
+        let mut styles = args.model.style_codes::<B>(args.dtype.as_deref(), device).with_max_memory(args.max_memory);
         if let Some(base) = &args.base {
             styles = styles.with_sd15_dir(base.clone());
         }
         let style = if let Some(path) = &args.style_image {
-            let encoded = styles.encode(&[load_rgb(path)?])?.remove(0);
+            let encoded = styles.encode(&[load_image(path, args.allow_truncated)?])?.remove(0);
             println!("style code: {}", encoded.code);
             if args.exact_style {
                 Style::Latent(encoded.latent)

@@ -2,6 +2,7 @@
 //! from a weights folder, once, and runs encoding and (styled) generation;
 //! the requests and recipes it speaks in; and the PNG files it writes.
 
+pub mod memory;
 mod png_text;
 mod recipe;
 mod request;
@@ -45,6 +46,8 @@ pub struct StyleCodes<B: Backend> {
     autoencoder: OnceLock<AttentionAutoencoder<B>>,
     control: OnceLock<StyleControl<B>>,
     sd: OnceLock<StableDiffusion<B>>,
+    /// A cap on a generation's estimated memory (`memory::check`).
+    max_memory: Option<u64>,
 }
 
 /// `cell`'s value, loading it first if needed.
@@ -70,7 +73,15 @@ impl<B: Backend> StyleCodes<B> {
             autoencoder: OnceLock::new(),
             control: OnceLock::new(),
             sd: OnceLock::new(),
+            max_memory: None,
         }
+    }
+
+    /// Refuse generations estimated to need more than `bytes` (besides
+    /// those over the machine's available memory, always refused).
+    pub fn with_max_memory(mut self, bytes: Option<u64>) -> Self {
+        self.max_memory = bytes;
+        self
     }
 
     /// Another SD1.5 (a fine-tune in the diffusers layout) than `WEIGHTS/sd15`.
@@ -169,6 +180,7 @@ impl<B: Backend> StyleCodes<B> {
         mut progress: impl FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<Vec<GeneratedImage>> {
         request.settings.validate()?;
+        self.check_memory(request)?;
         let mut images = Vec::with_capacity(request.images.len());
         let mut first = 0;
         for group in request.images.chunk_by(|a, b| a.style.is_none() == b.style.is_none()) {
@@ -177,6 +189,29 @@ impl<B: Backend> StyleCodes<B> {
             first += group.len();
         }
         Ok(images)
+    }
+
+    /// Refuses the request before anything is allocated if its largest batch
+    /// is estimated over the memory limit.
+    fn check_memory(&self, request: &GenerateRequest) -> Result<()> {
+        let limit = memory::limit(self.max_memory, memory::available_memory());
+        for group in request.images.chunk_by(|a, b| a.style.is_none() == b.style.is_none()) {
+            let styled = !group[0].style.is_none();
+            let settings = &request.settings;
+            let shape = memory::GenerationShape {
+                width: settings.width,
+                height: settings.height,
+                batch: group.len(),
+                guided: settings.guidance(styled) > 1.0,
+                styled,
+            };
+            let style_weights = if styled { self.weights.stylecodes_weights().ok() } else { None };
+            // Unreadable weights are left to the loader, whose errors say how to fix them.
+            if let Ok(estimate) = memory::estimate(&self.sd15_dir, style_weights.as_deref(), &shape, self.dtype) {
+                memory::check(&estimate, &shape, limit)?;
+            }
+        }
+        Ok(())
     }
 
     /// Images that all have a style, or all have none.

@@ -189,6 +189,11 @@ impl<B: Backend> StableDiffusion<B> {
             let input = if settings.guided() { Tensor::cat(vec![input.clone(), input], 0) } else { input };
             let timestep = Tensor::<B, 1>::from_data(TensorData::new(vec![t as f32], [1]), (&self.device, self.dtype));
             let prediction = predict(input, timestep, context.clone());
+            check_finite(
+                &prediction,
+                "the UNet's noise prediction",
+                format!("step {} of {}", index + 1, timesteps.len()),
+            )?;
             let prediction = if settings.guided() {
                 let mut halves = prediction.chunk(2, 0);
                 let uncond = halves.pop().expect("two halves");
@@ -211,6 +216,7 @@ impl<B: Backend> StableDiffusion<B> {
     /// Diffusion latents → 8-bit RGB images.
     pub fn decode(&self, latents: Tensor<B, 4>) -> Result<Vec<RgbImage>> {
         let image = self.vae.decode(self.vae.from_diffusion(latents));
+        check_finite(&image, "the VAE decoder's image", "the end of denoising".into())?;
         let image = (image / 2.0 + 0.5).clamp(0.0, 1.0);
         let [batch, _, height, width] = image.dims();
         // [B, 3, H, W] → [B, H, W, 3] bytes, rounded as diffusers does.
@@ -268,5 +274,17 @@ impl<B: Backend> StableDiffusion<B> {
         let noise = self.initial_noise(&mut sources, settings);
         let context = self.text_context(prompts, negatives, settings)?;
         self.denoise(noise, &context, settings, &mut sources, predict, on_step)
+    }
+}
+
+/// Fails with [`Error::NonFinite`] if `tensor` holds a NaN or an infinity
+/// (f16 overflow, broken weights), which would otherwise come out as a
+/// black or noise image. One read-back of a count per call.
+fn check_finite<B: Backend, const D: usize>(tensor: &Tensor<B, D>, stage: &'static str, at: String) -> Result<()> {
+    let count = tensor.clone().is_finite().bool_not().int().sum().into_data().convert::<i64>().into_vec::<i64>();
+    let count = count.map_err(|e| Error::ReadBack { what: "a finiteness count", message: format!("{e:?}") })?;
+    match count.first().copied().unwrap_or(0) {
+        0 => Ok(()),
+        count => Err(Error::NonFinite { stage, at, count: count as u64 }),
     }
 }

@@ -3,23 +3,23 @@
 //! rescale by 1/255, normalise with mean 0.5 and std 0.5. Also the bilinear
 //! resize of training targets: one Pillow resampler, two kernels.
 
+use crate::decode;
 use crate::error::{Error, Result};
 use burn::prelude::*;
 use image::RgbImage;
 use std::path::Path;
 
-/// Decodes an image file into 8-bit RGB (alpha dropped, as PIL's `convert("RGB")`).
+/// Decodes an image file into 8-bit RGB as PIL's `convert("RGB")`, strictly:
+/// a truncated file is an error ([`decode::decode_file`] for the options).
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_rgb(&bytes, path)
+    Ok(decode::decode_file(path, &decode::DecodeOptions::default())?.image)
 }
 
-/// An image file's bytes (an upload, say) as RGB; errors name `path`.
+/// An image file's bytes (an upload, say) as RGB, strictly; errors name `path`.
 pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
-    let image = image::load_from_memory(bytes)
-        .map_err(|e| Error::Image { path: path.to_path_buf(), message: format!("cannot decode image: {e}") })?;
-    Ok(image.to_rgb8())
+    let decoded = decode::decode_bytes(bytes, &decode::DecodeOptions::default())
+        .map_err(|message| Error::Image { path: path.to_path_buf(), message })?;
+    Ok(decoded.image)
 }
 
 /// A Pillow resampling filter: its support at scale 1 and its kernel.

@@ -1,0 +1,64 @@
+//! NaN and infinities out of the UNet or the VAE stop a generation with an
+//! error naming the stage and the step, instead of a black or noise image.
+
+use burn::tensor::DType;
+use burn_stylecode::{Error, GenerateRequest, GenerateSettings, ImageSpec, Style, StyleCodes, WeightsDir};
+use burn_stylecode_tests::*;
+
+/// A weights copy whose `model` file (under sd15/) has `key` set to `value` everywhere.
+fn poisoned(model: &str, key: &str, value: f32) -> (tempfile::TempDir, WeightsDir) {
+    let (dir, weights) = weights_copy();
+    let path = weights.sd15_dir().join(model);
+    let original = fixtures().join("weights/sd15").join(model);
+    let mut found = false;
+    let edit = |(name, shape, values): Entry| {
+        if name == key {
+            found = true;
+            let poisoned = vec![value; values.len()];
+            return Some((name, shape, poisoned));
+        }
+        Some((name, shape, values))
+    };
+    rewrite_safetensors(&original, &path, edit, vec![], safetensors::Dtype::F32);
+    assert!(found, "{key} is in {model}");
+    (dir, weights)
+}
+
+fn generate(weights: WeightsDir) -> Result<usize, Error> {
+    let styles = StyleCodes::<TestBackend>::new(weights, DType::F32, device());
+    let settings = GenerateSettings { steps: 2, width: 64, height: 64, ..GenerateSettings::default() };
+    let spec = ImageSpec { prompt: "a cat".into(), negative: String::new(), seed: 1, style: Style::None };
+    styles
+        .generate(&GenerateRequest::repeated(spec, 1, settings), |_| std::ops::ControlFlow::Continue(()))
+        .map(|i| i.len())
+}
+
+#[test]
+fn nan_out_of_the_unet_names_the_unet_and_the_first_step() {
+    let (_dir, weights) = poisoned("unet/diffusion_pytorch_model.safetensors", "conv_out.bias", f32::NAN);
+    match generate(weights) {
+        Err(error @ Error::NonFinite { .. }) => {
+            let text = error.to_string();
+            assert!(text.starts_with("the UNet's noise prediction has") && text.contains("at step 1 of 2"), "{text}");
+        }
+        other => panic!("expected NonFinite, got {other:?}"),
+    }
+}
+
+#[test]
+fn infinity_out_of_the_vae_names_the_vae() {
+    let (_dir, weights) = poisoned("vae/diffusion_pytorch_model.safetensors", "decoder.conv_out.bias", f32::INFINITY);
+    match generate(weights) {
+        Err(error @ Error::NonFinite { count, .. }) => {
+            let text = error.to_string();
+            assert!(text.starts_with("the VAE decoder's image has") && text.contains("the end of denoising"), "{text}");
+            assert_eq!(count, 3 * 64 * 64, "every pixel of the image");
+        }
+        other => panic!("expected NonFinite, got {other:?}"),
+    }
+}
+
+#[test]
+fn intact_weights_generate() {
+    assert_eq!(generate(weights()).unwrap(), 1);
+}
