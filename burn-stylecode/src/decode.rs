@@ -72,7 +72,7 @@ pub fn decode_bytes(bytes: &[u8], options: &DecodeOptions) -> std::result::Resul
 }
 
 /// Fails when `width × height` is over the limit (or empty), naming both.
-fn check_size(width: u32, height: u32, options: &DecodeOptions) -> std::result::Result<(), String> {
+pub(crate) fn check_size(width: u32, height: u32, options: &DecodeOptions) -> std::result::Result<(), String> {
     let pixels = u64::from(width) * u64::from(height);
     if pixels == 0 {
         return Err(format!("the image is {width}x{height}: it has no pixels"));

@@ -206,10 +206,8 @@ fn check_image(path: &Path) -> std::result::Result<(), String> {
     let reader = image::ImageReader::open(path).map_err(|e| format!("cannot open image: {e}"))?;
     let reader = reader.with_guessed_format().map_err(|e| format!("cannot read image: {e}"))?;
     let (width, height) = reader.into_dimensions().map_err(|e| format!("cannot decode image: {e}"))?;
-    if width == 0 || height == 0 {
-        return Err(format!("the image is {width}x{height}"));
-    }
-    Ok(())
+    // The decoder's own limit, so that a huge image is refused before the first step.
+    crate::decode::check_size(width, height, &crate::decode::DecodeOptions::default())
 }
 
 /// Fails unless `resolution` is a positive multiple of 8: the VAE turns the
