@@ -48,6 +48,12 @@ pub enum Error {
     /// The backend failed to hand a tensor back to the host.
     #[error("reading {what} back from the device: {message}")]
     ReadBack { what: &'static str, message: String },
+    /// A LoRA file that cannot be merged.
+    #[error("LoRA {}: {message}", path.display())]
+    Lora { path: PathBuf, message: String },
+    /// A LoRA for another base model (SDXL, SD2).
+    #[error(transparent)]
+    LoraShape(Box<LoraShapeError>),
     /// The progress callback asked to stop.
     #[error("cancelled")]
     Cancelled,
@@ -61,6 +67,23 @@ pub(crate) fn preview(keys: &[String]) -> String {
         text.push_str(&format!(", and {} more", keys.len() - SHOWN));
     }
     text
+}
+
+/// A LoRA module whose change does not fit the weight it names.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "LoRA {}: `{module}` changes `{param}` by a {found:?} matrix, but the model's weight is {expected:?}: \
+     the LoRA is for another base model than this SD1.5{}",
+    path.display(),
+    base.as_ref().map(|b| format!(" (its ss_base_model_version is {b})")).unwrap_or_default()
+)]
+pub struct LoraShapeError {
+    pub path: PathBuf,
+    pub module: String,
+    pub param: String,
+    pub expected: Vec<usize>,
+    pub found: Vec<usize>,
+    pub base: Option<String>,
 }
 
 /// Why a string is not a stylecode.

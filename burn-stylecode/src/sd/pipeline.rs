@@ -5,13 +5,16 @@
 //! the plain UNet and a hooked one (the style control branch lives in
 //! `crate::style`; this module knows nothing about styles).
 
-use super::clip::ClipTextTransformer;
+use super::clip::{ClipTextConfig, ClipTextTransformer};
+use super::clip_keys::text_prefix;
+use super::lora::{merge_patch, Component, Lora, LoraKeyTable, LoraSpec};
 use super::schedulers::{build_scheduler, SchedulerConfig, SchedulerKind};
 use super::tokenizer::ClipTokenizer;
-use super::unet_2d::UNet2DConditionModel;
+use super::unet_2d::{UNet2DConditionModel, UNetConfig};
+use super::unet_keys::diffusers_weights;
 use super::vae::AutoencoderKL;
 use crate::error::{Error, Result};
-use crate::weights::JsonConfig;
+use crate::weights::{JsonConfig, TensorFile};
 use burn::prelude::*;
 use burn::tensor::DType;
 use image::RgbImage;
@@ -70,6 +73,8 @@ pub struct StableDiffusion<B: Backend> {
     pub unet: UNet2DConditionModel<B>,
     pub vae: AutoencoderKL<B>,
     pub scheduler_config: SchedulerConfig,
+    /// The LoRAs merged into the UNet and text encoder, in order.
+    pub loras: Vec<Lora>,
     dtype: DType,
     device: B::Device,
 }
@@ -105,15 +110,53 @@ impl<B: Backend> StableDiffusion<B> {
     /// Loads `unet/`, `vae/`, `text_encoder/`, `tokenizer/` and
     /// `scheduler/` from a diffusers SD1.5 folder.
     pub fn load(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self> {
+        Self::load_with_loras(dir, &[], dtype, device)
+    }
+
+    /// [`load`](Self::load) with `loras` merged into the UNet and text
+    /// encoder weights as they are read (in f32, then cast to `dtype`).
+    pub fn load_with_loras(dir: &Path, loras: &[LoraSpec], dtype: DType, device: &B::Device) -> Result<Self> {
+        let unet_dir = dir.join("unet");
+        let text_dir = dir.join("text_encoder");
+        let unet_config = UNetConfig::from_file(&unet_dir.join("config.json"))?;
+        let text_config = ClipTextConfig::from_file(&text_dir.join("config.json"))?;
+        let (unet_file, text_file, loras) = Self::weights_files(dir, &unet_config, &text_config, loras)?;
         Ok(Self {
             tokenizer: ClipTokenizer::from_dir(dir.join("tokenizer"))?,
-            text_encoder: ClipTextTransformer::from_dir(&dir.join("text_encoder"), dtype, device)?,
-            unet: UNet2DConditionModel::from_diffusers_dir(&dir.join("unet"), dtype, device)?,
+            text_encoder: ClipTextTransformer::load(&text_config, &text_file, dtype, device)?,
+            unet: UNet2DConditionModel::load(&unet_config, &unet_file, dtype, device)?,
             vae: AutoencoderKL::from_diffusers_dir(&dir.join("vae"), dtype, device)?,
             scheduler_config: SchedulerConfig::from_file(&dir.join("scheduler").join("scheduler_config.json"))?,
+            loras,
             dtype,
             device: device.clone(),
         })
+    }
+
+    /// The UNet and text encoder weights files of a diffusers folder, each
+    /// patched to merge `loras` (checked against the configs) as it is read.
+    pub fn weights_files(
+        dir: &Path,
+        unet: &UNetConfig,
+        text_encoder: &ClipTextConfig,
+        loras: &[LoraSpec],
+    ) -> Result<(TensorFile, TensorFile, Vec<Lora>)> {
+        let mut unet_file = TensorFile::open(diffusers_weights(&dir.join("unet"))?)?;
+        let mut text_file = TensorFile::open(dir.join("text_encoder").join("model.safetensors"))?;
+        if loras.is_empty() {
+            return Ok((unet_file, text_file, Vec::new()));
+        }
+        let config_error = |message: String| Error::Config { path: dir.join("unet").join("config.json"), message };
+        let table = LoraKeyTable::new(unet, text_encoder).map_err(config_error)?;
+        let loras = loras.iter().map(|spec| Lora::open(spec, &table)).collect::<Result<Vec<_>>>()?;
+        if let Some(patch) = merge_patch(&loras, Component::Unet, "") {
+            unet_file = unet_file.with_patch(patch);
+        }
+        let prefix = text_prefix(&text_file)?;
+        if let Some(patch) = merge_patch(&loras, Component::TextEncoder, prefix) {
+            text_file = text_file.with_patch(patch);
+        }
+        Ok((unet_file, text_file, loras))
     }
 
     pub fn device(&self) -> &B::Device {
