@@ -55,6 +55,8 @@ enum Command {
     Convert(commands::convert::Args),
     /// Generate SD1.5 images from a prompt, optionally in a style.
     Generate(Box<commands::generate::Args>),
+    /// Write an SD1.5 diffusers folder with LoRAs baked in.
+    MergeLora(commands::merge_lora::Args),
     /// Blend codes: a weighted mean of their latents.
     Mix(commands::mix::Args),
     /// Print a random stylecode.
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Generate(args) => commands::generate::run(*args),
+        Command::MergeLora(args) => commands::merge_lora::run(args),
         Command::Mix(args) => commands::mix::run(args),
         Command::Random(args) => commands::random::run(args),
     };

@@ -32,4 +32,5 @@ pub use pipeline::{
     read_png_text, write_png, GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, Progress, Recipe, Style,
     StyleCodes, WeightsDir,
 };
+pub use sd::lora::LoraSpec;
 pub use style::{CodeFormat, EncodedStyle, StyleCode, WeightedCode};

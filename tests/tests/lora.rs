@@ -7,7 +7,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn_stylecode::sd::clip::ClipTextConfig;
 use burn_stylecode::sd::lora::LoraSpec;
-use burn_stylecode::sd::pipeline::StableDiffusion;
+use burn_stylecode::sd::pipeline::{weights_files, StableDiffusion};
 use burn_stylecode::sd::unet_2d::UNetConfig;
 use burn_stylecode::weights::{JsonConfig, TensorFile};
 use burn_stylecode::Error;
@@ -27,7 +27,7 @@ fn files(specs: &[LoraSpec]) -> Result<(TensorFile, TensorFile), Error> {
     let dir = weights().sd15_dir();
     let unet = UNetConfig::from_file(&dir.join("unet/config.json")).unwrap();
     let text = ClipTextConfig::from_file(&dir.join("text_encoder/config.json")).unwrap();
-    StableDiffusion::<TestBackend>::weights_files(&dir, &unet, &text, specs).map(|(u, t, _)| (u, t))
+    weights_files(&dir, &unet, &text, specs).map(|(u, t, _)| (u, t))
 }
 
 /// Every reference tensor `PREFIX.key` equals the patched file's `key` to

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use burn::prelude::Backend;
 use burn_stylecode::sd::schedulers::SchedulerKind;
 use burn_stylecode::siglip::preprocess::load_rgb;
-use burn_stylecode::{write_png, GenerateRequest, GenerateSettings, ImageSpec, Style, WeightedCode};
+use burn_stylecode::{write_png, GenerateRequest, GenerateSettings, ImageSpec, LoraSpec, Style, WeightedCode};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,10 @@ pub struct Args {
     /// Conditioning scale of the style, 0..=1.
     #[arg(long, default_value_t = 0.9, value_parser = parse_scale)]
     style_scale: f64,
+    /// LoRA to merge (kohya, PEFT/diffusers, LyCORIS LoHa/LoKr `.safetensors`),
+    /// `FILE`, `FILE:WEIGHT` or `FILE:UNET_WEIGHT:TEXT_ENCODER_WEIGHT`; repeat to add several.
+    #[arg(long, value_name = "FILE[:WEIGHT]")]
+    lora: Vec<LoraSpec>,
     /// Seed of image 1; image k uses seed + k - 1. Random if not given.
     #[arg(long)]
     seed: Option<u64>,
@@ -105,6 +109,7 @@ impl Job for GenerateJob {
             width: args.width,
             height: args.height,
             style_scale: args.style_scale,
+            loras: args.lora.clone(),
         };
         settings.validate()?;
         // Check every target before any work, so nothing is lost or half done.
@@ -117,6 +122,9 @@ impl Job for GenerateJob {
         let mut styles = args.model.style_codes::<B>(args.dtype.as_deref(), device);
         if let Some(base) = &args.base {
             styles = styles.with_sd15_dir(base.clone());
+        }
+        if !args.lora.is_empty() {
+            warn_unmatched(&styles.stable_diffusion_with(&args.lora)?.loras);
         }
         let style = if let Some(path) = &args.style_image {
             let encoded = styles.encode(&[load_rgb(path)?])?.remove(0);
@@ -153,6 +161,23 @@ impl Job for GenerateJob {
         }
         progress.finish_and_clear();
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// One warning per LoRA that has tensors this SD1.5 has no module for.
+pub fn warn_unmatched(loras: &[burn_stylecode::sd::lora::Lora]) {
+    for lora in loras.iter().filter(|l| !l.unmatched.is_empty()) {
+        const SHOWN: usize = 8;
+        let mut names: Vec<String> = lora.unmatched.iter().take(SHOWN).map(|k| format!("`{k}`")).collect();
+        if lora.unmatched.len() > SHOWN {
+            names.push(format!("and {} more", lora.unmatched.len() - SHOWN));
+        }
+        eprintln!(
+            "warning: LoRA {}: {} tensor(s) match no module of this SD1.5 and are ignored: {}",
+            lora.spec.path.display(),
+            lora.unmatched.len(),
+            names.join(", ")
+        );
     }
 }
 

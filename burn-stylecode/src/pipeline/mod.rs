@@ -13,6 +13,7 @@ pub use request::{GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, 
 pub use weights_dir::{WeightsDir, WEIGHTS_ENV};
 
 use crate::error::{Error, Result};
+use crate::sd::lora::LoraSpec;
 use crate::sd::pipeline::{Settings, StableDiffusion};
 use crate::sd::unet_2d::UNetConfig;
 use crate::siglip::{SiglipVisionConfig, SiglipVisionTransformer};
@@ -27,7 +28,7 @@ use burn::tensor::DType;
 use image::RgbImage;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// StyleCodes on one device: encode images to codes, generate SD1.5
 /// images in a code's style.
@@ -44,7 +45,8 @@ pub struct StyleCodes<B: Backend> {
     siglip: OnceLock<(SiglipVisionConfig, SiglipVisionTransformer<B>)>,
     autoencoder: OnceLock<AttentionAutoencoder<B>>,
     control: OnceLock<StyleControl<B>>,
-    sd: OnceLock<StableDiffusion<B>>,
+    /// SD1.5 with the LoRAs of the last request that asked for it.
+    sd: Mutex<Option<Arc<StableDiffusion<B>>>>,
 }
 
 /// `cell`'s value, loading it first if needed.
@@ -69,7 +71,7 @@ impl<B: Backend> StyleCodes<B> {
             siglip: OnceLock::new(),
             autoencoder: OnceLock::new(),
             control: OnceLock::new(),
-            sd: OnceLock::new(),
+            sd: Mutex::new(None),
         }
     }
 
@@ -131,8 +133,22 @@ impl<B: Backend> StyleCodes<B> {
         self.encoder()?.encode(images)
     }
 
-    pub fn stable_diffusion(&self) -> Result<&StableDiffusion<B>> {
-        get_or_load(&self.sd, || StableDiffusion::load(&self.sd15_dir, self.dtype, &self.device))
+    /// SD1.5 without LoRAs.
+    pub fn stable_diffusion(&self) -> Result<Arc<StableDiffusion<B>>> {
+        self.stable_diffusion_with(&[])
+    }
+
+    /// SD1.5 with `loras` merged. The last one loaded is kept; another set
+    /// of LoRAs loads the base again (the previous copy is freed first).
+    pub fn stable_diffusion_with(&self, loras: &[LoraSpec]) -> Result<Arc<StableDiffusion<B>>> {
+        let mut slot = self.sd.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(sd) = slot.as_ref().filter(|sd| sd.loras.iter().map(|l| &l.spec).eq(loras)) {
+            return Ok(sd.clone());
+        }
+        *slot = None;
+        let sd = Arc::new(StableDiffusion::load_with_loras(&self.sd15_dir, loras, self.dtype, &self.device)?);
+        *slot = Some(sd.clone());
+        Ok(sd)
     }
 
     /// The control branch, shaped after the base UNet.
@@ -198,7 +214,7 @@ impl<B: Backend> StyleCodes<B> {
         let prompts: Vec<String> = specs.iter().map(|s| s.prompt.clone()).collect();
         let negatives: Vec<String> = specs.iter().map(|s| s.negative.clone()).collect();
         let seeds: Vec<u64> = specs.iter().map(|s| s.seed).collect();
-        let sd = self.stable_diffusion()?;
+        let sd = self.stable_diffusion_with(&settings.loras)?;
 
         let mut codes = Vec::with_capacity(specs.len());
         let latents = if styled {

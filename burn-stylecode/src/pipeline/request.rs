@@ -1,6 +1,7 @@
 //! What a generation asks for, and what it gives back.
 
 use crate::error::{Error, Result};
+use crate::sd::lora::LoraSpec;
 use crate::sd::schedulers::SchedulerKind;
 use crate::style::code::CODE_LEN;
 use crate::style::WeightedCode;
@@ -50,6 +51,8 @@ pub struct GenerateSettings {
     pub height: usize,
     /// Conditioning scale of the style, 0..=1.
     pub style_scale: f64,
+    /// LoRAs merged into the UNet and text encoder, in order (none by default).
+    pub loras: Vec<LoraSpec>,
 }
 
 impl Default for GenerateSettings {
@@ -62,6 +65,7 @@ impl Default for GenerateSettings {
             width: 512,
             height: 512,
             style_scale: 0.9,
+            loras: Vec::new(),
         }
     }
 }

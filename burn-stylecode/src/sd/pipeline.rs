@@ -106,6 +106,32 @@ impl NoiseSource {
     }
 }
 
+/// The UNet and text encoder weights files of a diffusers folder, each
+/// patched to merge `loras` (checked against the configs) as it is read.
+pub fn weights_files(
+    dir: &Path,
+    unet: &UNetConfig,
+    text_encoder: &ClipTextConfig,
+    loras: &[LoraSpec],
+) -> Result<(TensorFile, TensorFile, Vec<Lora>)> {
+    let mut unet_file = TensorFile::open(diffusers_weights(&dir.join("unet"))?)?;
+    let mut text_file = TensorFile::open(dir.join("text_encoder").join("model.safetensors"))?;
+    if loras.is_empty() {
+        return Ok((unet_file, text_file, Vec::new()));
+    }
+    let config_error = |message: String| Error::Config { path: dir.join("unet").join("config.json"), message };
+    let table = LoraKeyTable::new(unet, text_encoder).map_err(config_error)?;
+    let loras = loras.iter().map(|spec| Lora::open(spec, &table)).collect::<Result<Vec<_>>>()?;
+    if let Some(patch) = merge_patch(&loras, Component::Unet, "") {
+        unet_file = unet_file.with_patch(patch);
+    }
+    let prefix = text_prefix(&text_file)?;
+    if let Some(patch) = merge_patch(&loras, Component::TextEncoder, prefix) {
+        text_file = text_file.with_patch(patch);
+    }
+    Ok((unet_file, text_file, loras))
+}
+
 impl<B: Backend> StableDiffusion<B> {
     /// Loads `unet/`, `vae/`, `text_encoder/`, `tokenizer/` and
     /// `scheduler/` from a diffusers SD1.5 folder.
@@ -120,7 +146,7 @@ impl<B: Backend> StableDiffusion<B> {
         let text_dir = dir.join("text_encoder");
         let unet_config = UNetConfig::from_file(&unet_dir.join("config.json"))?;
         let text_config = ClipTextConfig::from_file(&text_dir.join("config.json"))?;
-        let (unet_file, text_file, loras) = Self::weights_files(dir, &unet_config, &text_config, loras)?;
+        let (unet_file, text_file, loras) = weights_files(dir, &unet_config, &text_config, loras)?;
         Ok(Self {
             tokenizer: ClipTokenizer::from_dir(dir.join("tokenizer"))?,
             text_encoder: ClipTextTransformer::load(&text_config, &text_file, dtype, device)?,
@@ -131,32 +157,6 @@ impl<B: Backend> StableDiffusion<B> {
             dtype,
             device: device.clone(),
         })
-    }
-
-    /// The UNet and text encoder weights files of a diffusers folder, each
-    /// patched to merge `loras` (checked against the configs) as it is read.
-    pub fn weights_files(
-        dir: &Path,
-        unet: &UNetConfig,
-        text_encoder: &ClipTextConfig,
-        loras: &[LoraSpec],
-    ) -> Result<(TensorFile, TensorFile, Vec<Lora>)> {
-        let mut unet_file = TensorFile::open(diffusers_weights(&dir.join("unet"))?)?;
-        let mut text_file = TensorFile::open(dir.join("text_encoder").join("model.safetensors"))?;
-        if loras.is_empty() {
-            return Ok((unet_file, text_file, Vec::new()));
-        }
-        let config_error = |message: String| Error::Config { path: dir.join("unet").join("config.json"), message };
-        let table = LoraKeyTable::new(unet, text_encoder).map_err(config_error)?;
-        let loras = loras.iter().map(|spec| Lora::open(spec, &table)).collect::<Result<Vec<_>>>()?;
-        if let Some(patch) = merge_patch(&loras, Component::Unet, "") {
-            unet_file = unet_file.with_patch(patch);
-        }
-        let prefix = text_prefix(&text_file)?;
-        if let Some(patch) = merge_patch(&loras, Component::TextEncoder, prefix) {
-            text_file = text_file.with_patch(patch);
-        }
-        Ok((unet_file, text_file, loras))
     }
 
     pub fn device(&self) -> &B::Device {
