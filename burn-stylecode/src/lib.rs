@@ -29,8 +29,8 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub use pipeline::{
-    read_png_text, write_png, GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, Progress, Recipe, Style,
-    StyleCodes, WeightsDir,
+    read_png_text, write_png, GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, InitImage, Progress,
+    Recipe, Style, StyleCodes, WeightsDir,
 };
 pub use sd::lora::LoraSpec;
 pub use style::{CodeFormat, EncodedStyle, StyleCode, WeightedCode};

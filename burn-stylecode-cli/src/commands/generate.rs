@@ -4,7 +4,9 @@ use anyhow::{bail, Result};
 use burn::prelude::Backend;
 use burn_stylecode::sd::schedulers::SchedulerKind;
 use burn_stylecode::siglip::preprocess::load_rgb;
-use burn_stylecode::{write_png, GenerateRequest, GenerateSettings, ImageSpec, LoraSpec, Style, WeightedCode};
+use burn_stylecode::{
+    write_png, GenerateRequest, GenerateSettings, ImageSpec, InitImage, LoraSpec, Style, WeightedCode,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -42,12 +44,18 @@ pub struct Args {
     /// Seed of image 1; image k uses seed + k - 1. Random if not given.
     #[arg(long)]
     seed: Option<u64>,
-    /// Pixels, a multiple of 8 (of the VAE's scale factor).
-    #[arg(long, default_value_t = 512)]
-    width: usize,
-    /// Pixels, a multiple of 8 (of the VAE's scale factor).
-    #[arg(long, default_value_t = 512)]
-    height: usize,
+    /// Pixels, a multiple of 8 (default 512, or the init image's width rounded down to a multiple of 8).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Pixels, a multiple of 8 (default 512, or the init image's height rounded down to a multiple of 8).
+    #[arg(long)]
+    height: Option<usize>,
+    /// img2img: start from this picture (resized to the size), as diffusers' img2img pipeline.
+    #[arg(long, value_name = "IMG")]
+    init_image: Option<PathBuf>,
+    /// With --init-image: the share of the steps run again, 0 < S ≤ 1 (1: every step).
+    #[arg(long, default_value_t = 0.8, requires = "init_image")]
+    strength: f64,
     /// Number of images.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     num: u32,
@@ -101,15 +109,21 @@ impl Job for GenerateJob {
 
     fn run<B: Backend>(self, device: B::Device) -> Result<ExitCode> {
         let args = self.0;
+        let init = args.init_image.as_ref().map(load_rgb).transpose()?;
+        // Without a size, the init image's own, rounded down to a multiple of 8.
+        let own = |side: Option<u32>| side.map_or(512, |side| (side as usize / 8 * 8).max(8));
+        let width = args.width.unwrap_or_else(|| own(init.as_ref().map(|i| i.width())));
+        let height = args.height.unwrap_or_else(|| own(init.as_ref().map(|i| i.height())));
         let settings = GenerateSettings {
             steps: args.steps,
             guidance_scale: args.cfg,
             scheduler: args.scheduler,
             karras: args.karras,
-            width: args.width,
-            height: args.height,
+            width,
+            height,
             style_scale: args.style_scale,
             loras: args.lora.clone(),
+            init_image: init.map(|image| InitImage { image, strength: args.strength }),
         };
         settings.validate()?;
         // Check every target before any work, so nothing is lost or half done.
@@ -147,7 +161,11 @@ impl Job for GenerateJob {
         };
         let request = GenerateRequest::repeated(first, outputs.len(), settings);
 
-        let progress = progress_bar(args.quiet, (outputs.len() * args.steps) as u64);
+        let steps = match &request.settings.init_image {
+            Some(init) => args.steps - burn_stylecode::sd::pipeline::img2img_start(args.steps, init.strength)?,
+            None => args.steps,
+        };
+        let progress = progress_bar(args.quiet, (outputs.len() * steps) as u64);
         let mut paths = outputs.iter();
         for batch in request.batches(args.batch_size as usize) {
             let images = styles.generate(&batch, |step| {

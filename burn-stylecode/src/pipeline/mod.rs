@@ -9,13 +9,14 @@ mod weights_dir;
 
 pub use png_text::{read_png_text, write_png};
 pub use recipe::Recipe;
-pub use request::{GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, Progress, Style};
+pub use request::{GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, InitImage, Progress, Style};
 pub use weights_dir::{WeightsDir, WEIGHTS_ENV};
 
 use crate::error::{Error, Result};
 use crate::sd::lora::LoraSpec;
-use crate::sd::pipeline::{Settings, StableDiffusion};
+use crate::sd::pipeline::{self as sd_pipeline, Settings, StableDiffusion};
 use crate::sd::unet_2d::UNetConfig;
+use crate::siglip::preprocess::resize_lanczos;
 use crate::siglip::{SiglipVisionConfig, SiglipVisionTransformer};
 use crate::style::autoencoder::AttentionAutoencoder;
 use crate::style::code::{blend, CODE_LEN};
@@ -47,6 +48,17 @@ pub struct StyleCodes<B: Backend> {
     control: OnceLock<StyleControl<B>>,
     /// SD1.5 with the LoRAs of the last request that asked for it.
     sd: Mutex<Option<Arc<StableDiffusion<B>>>>,
+}
+
+/// An init image as diffusers' `VaeImageProcessor` prepares it: Pillow's
+/// Lanczos to `width`×`height`, then `2·x/255 − 1`, as [1, 3, H, W].
+pub fn vae_pixels<B: Backend>(image: &RgbImage, width: usize, height: usize, device: &B::Device) -> Tensor<B, 4> {
+    let resized = resize_lanczos(image, width as u32, height as u32);
+    let mut values = Vec::with_capacity(3 * width * height);
+    for c in 0..3 {
+        values.extend(resized.pixels().map(|p| 2.0 * (f32::from(p.0[c]) / 255.0) - 1.0));
+    }
+    Tensor::from_data(TensorData::new(values, [1, 3, height, width]), device)
 }
 
 /// `cell`'s value, loading it first if needed.
@@ -215,6 +227,10 @@ impl<B: Backend> StyleCodes<B> {
         let negatives: Vec<String> = specs.iter().map(|s| s.negative.clone()).collect();
         let seeds: Vec<u64> = specs.iter().map(|s| s.seed).collect();
         let sd = self.stable_diffusion_with(&settings.loras)?;
+        let init = settings.init_image.as_ref().map(|init| sd_pipeline::InitImage {
+            pixels: vae_pixels(&init.image, settings.width, settings.height, &self.device).cast(self.dtype),
+            strength: init.strength,
+        });
 
         let mut codes = Vec::with_capacity(specs.len());
         let latents = if styled {
@@ -237,11 +253,11 @@ impl<B: Backend> StyleCodes<B> {
             };
             sd_settings.validate()?;
             let predict = condition.predictor(&sd.unet, sd.latent_size(&sd_settings), sd_settings.guided());
-            sd.generate_latents(&prompts, &negatives, &seeds, &sd_settings, predict, on_step)?
+            sd.generate_latents_from(init.as_ref(), &prompts, &negatives, &seeds, &sd_settings, predict, on_step)?
         } else {
             codes.resize(specs.len(), None);
             let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
-            sd.generate_latents(&prompts, &negatives, &seeds, &sd_settings, predict, on_step)?
+            sd.generate_latents_from(init.as_ref(), &prompts, &negatives, &seeds, &sd_settings, predict, on_step)?
         };
 
         let images = sd.decode(latents)?;

@@ -53,6 +53,17 @@ pub struct GenerateSettings {
     pub style_scale: f64,
     /// LoRAs merged into the UNet and text encoder, in order (none by default).
     pub loras: Vec<LoraSpec>,
+    /// img2img: start every image from this one (none by default).
+    pub init_image: Option<InitImage>,
+}
+
+/// img2img's start: a picture (resized to the request's size) and the
+/// share of the schedule to run again, 0 < strength ≤ 1 (1 ignores the
+/// picture but for its noise level: every step runs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitImage {
+    pub image: RgbImage,
+    pub strength: f64,
 }
 
 impl Default for GenerateSettings {
@@ -66,6 +77,7 @@ impl Default for GenerateSettings {
             height: 512,
             style_scale: 0.9,
             loras: Vec::new(),
+            init_image: None,
         }
     }
 }
@@ -88,6 +100,9 @@ impl GenerateSettings {
                 "Karras sigmas do not apply to the {} scheduler",
                 self.scheduler
             )));
+        }
+        if let Some(init) = &self.init_image {
+            crate::sd::pipeline::img2img_start(self.steps, init.strength)?;
         }
         if !(0.0..=1.0).contains(&self.style_scale) {
             return Err(Error::InvalidRequest(format!("style scale {} is not between 0 and 1", self.style_scale)));
