@@ -42,6 +42,7 @@ impl ModelArgs {
             None => DType::F16,
         };
         burn_stylecode::StyleCodes::new(burn_stylecode::WeightsDir::resolve(self.weights.clone()), dtype, device)
+            .with_backend_name(format!("{:?}", self.backend).to_lowercase())
     }
 }
 

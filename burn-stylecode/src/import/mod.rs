@@ -43,7 +43,7 @@ pub use sd15::{sd15_from_diffusers_dir, sd15_from_single_file, Sd15Configs};
 pub use siglip::siglip_from_dir;
 pub use source::SrcDtype;
 pub use stylecodes::{stylecodes_from_bin, StylecodesSpec};
-pub use write::sha256_file;
+pub use write::{hex_digest, sha256_file};
 
 use crate::error::preview;
 use expected::Row;

@@ -8,7 +8,7 @@ mod request;
 mod weights_dir;
 
 pub use png_text::{read_png_text, write_png};
-pub use recipe::Recipe;
+pub use recipe::{Recipe, RecipeLora};
 pub use request::{GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, InitImage, Progress, Style};
 pub use weights_dir::{WeightsDir, WEIGHTS_ENV};
 
@@ -27,6 +27,7 @@ use crate::weights::{JsonConfig, TensorFile};
 use burn::prelude::*;
 use burn::tensor::DType;
 use image::RgbImage;
+use sha2::{Digest, Sha256};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -46,8 +47,11 @@ pub struct StyleCodes<B: Backend> {
     siglip: OnceLock<(SiglipVisionConfig, SiglipVisionTransformer<B>)>,
     autoencoder: OnceLock<AttentionAutoencoder<B>>,
     control: OnceLock<StyleControl<B>>,
-    /// SD1.5 with the LoRAs of the last request that asked for it.
-    sd: Mutex<Option<Arc<StableDiffusion<B>>>>,
+    /// SD1.5 with the LoRAs of the last request that asked for it, and
+    /// those LoRAs as recipes record them.
+    sd: Mutex<Option<LoadedSd<B>>>,
+    sd15_sha256: OnceLock<String>,
+    backend: String,
 }
 
 /// An init image as diffusers' `VaeImageProcessor` prepares it: Pillow's
@@ -60,6 +64,9 @@ pub fn vae_pixels<B: Backend>(image: &RgbImage, width: usize, height: usize, dev
     }
     Tensor::from_data(TensorData::new(values, [1, 3, height, width]), device)
 }
+
+/// SD1.5 as loaded, with its LoRAs as recipes record them.
+type LoadedSd<B> = (Arc<StableDiffusion<B>>, Vec<RecipeLora>);
 
 /// `cell`'s value, loading it first if needed.
 fn get_or_load<T>(cell: &OnceLock<T>, load: impl FnOnce() -> Result<T>) -> Result<&T> {
@@ -84,6 +91,8 @@ impl<B: Backend> StyleCodes<B> {
             autoencoder: OnceLock::new(),
             control: OnceLock::new(),
             sd: Mutex::new(None),
+            sd15_sha256: OnceLock::new(),
+            backend: "cpu".into(),
         }
     }
 
@@ -91,6 +100,42 @@ impl<B: Backend> StyleCodes<B> {
     pub fn with_sd15_dir(mut self, dir: PathBuf) -> Self {
         self.sd15_dir = dir;
         self
+    }
+
+    /// The backend's name recorded in recipes (`cpu` unless told).
+    pub fn with_backend_name(mut self, name: impl Into<String>) -> Self {
+        self.backend = name.into();
+        self
+    }
+
+    /// The identity of the SD1.5 weights: the sha256 of the lines
+    /// `REL_PATH SHA256` of its UNet, text encoder and VAE weights files,
+    /// each file's sha256 taken from the folder's `manifest.json` when it
+    /// lists the file with its size, else computed (once per handle).
+    pub fn sd15_sha256(&self) -> Result<&str> {
+        get_or_load(&self.sd15_sha256, || {
+            let manifest = crate::import::Manifest::read(&self.sd15_dir).ok();
+            let mut digest = Sha256::new();
+            for rel in [
+                "unet/diffusion_pytorch_model.safetensors",
+                "text_encoder/model.safetensors",
+                "vae/diffusion_pytorch_model.safetensors",
+            ] {
+                let path = self.sd15_dir.join(rel);
+                let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+                let listed = manifest
+                    .as_ref()
+                    .and_then(|m| m.files.iter().find(|f| f.path == rel && f.bytes == size))
+                    .map(|f| f.sha256.clone());
+                let sha256 = match listed {
+                    Some(sha256) => sha256,
+                    None => crate::import::sha256_file(&path).map_err(|e| Error::io(&path, e))?,
+                };
+                digest.update(format!("{rel} {sha256}\n"));
+            }
+            Ok(crate::import::hex_digest(digest))
+        })
+        .map(String::as_str)
     }
 
     pub fn weights(&self) -> &WeightsDir {
@@ -153,14 +198,37 @@ impl<B: Backend> StyleCodes<B> {
     /// SD1.5 with `loras` merged. The last one loaded is kept; another set
     /// of LoRAs loads the base again (the previous copy is freed first).
     pub fn stable_diffusion_with(&self, loras: &[LoraSpec]) -> Result<Arc<StableDiffusion<B>>> {
+        Ok(self.loaded_sd(loras)?.0)
+    }
+
+    /// SD1.5 with `loras`, and the LoRAs as recipes record them (with their sha256).
+    fn loaded_sd(&self, loras: &[LoraSpec]) -> Result<LoadedSd<B>> {
         let mut slot = self.sd.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(sd) = slot.as_ref().filter(|sd| sd.loras.iter().map(|l| &l.spec).eq(loras)) {
-            return Ok(sd.clone());
+        if let Some(loaded) = slot.as_ref().filter(|(sd, _)| sd.loras.iter().map(|l| &l.spec).eq(loras)) {
+            return Ok(loaded.clone());
         }
         *slot = None;
+        // The identity is taken with the weights, which are not read again.
+        self.sd15_sha256()?;
         let sd = Arc::new(StableDiffusion::load_with_loras(&self.sd15_dir, loras, self.dtype, &self.device)?);
-        *slot = Some(sd.clone());
-        Ok(sd)
+        let recipes = loras
+            .iter()
+            .map(|spec| {
+                let sha256 = crate::import::sha256_file(&spec.path).map_err(|e| Error::io(&spec.path, e))?;
+                let name = spec
+                    .path
+                    .file_name()
+                    .map_or_else(|| spec.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+                Ok(RecipeLora {
+                    name,
+                    unet_weight: spec.unet_weight,
+                    text_encoder_weight: spec.text_encoder_weight,
+                    sha256,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        *slot = Some((sd.clone(), recipes.clone()));
+        Ok((sd, recipes))
     }
 
     /// The control branch, shaped after the base UNet.
@@ -226,7 +294,12 @@ impl<B: Backend> StyleCodes<B> {
         let prompts: Vec<String> = specs.iter().map(|s| s.prompt.clone()).collect();
         let negatives: Vec<String> = specs.iter().map(|s| s.negative.clone()).collect();
         let seeds: Vec<u64> = specs.iter().map(|s| s.seed).collect();
-        let sd = self.stable_diffusion_with(&settings.loras)?;
+        let (sd, lora_recipes) = self.loaded_sd(&settings.loras)?;
+        let model_sha256 = self.sd15_sha256()?.to_string();
+        let init_image = settings
+            .init_image
+            .as_ref()
+            .map(|init| (crate::import::hex_digest(Sha256::new().chain_update(init.image.as_raw())), init.strength));
         let init = settings.init_image.as_ref().map(|init| sd_pipeline::InitImage {
             pixels: vae_pixels(&init.image, settings.width, settings.height, &self.device).cast(self.dtype),
             strength: init.strength,
@@ -279,6 +352,11 @@ impl<B: Backend> StyleCodes<B> {
                     height: settings.height,
                     style_scale: stylecode.is_some().then_some(settings.style_scale),
                     stylecode,
+                    model_sha256: Some(model_sha256.clone()),
+                    loras: lora_recipes.clone(),
+                    init_image: init_image.clone(),
+                    backend: Some(self.backend.clone()),
+                    dtype: Some(format!("{:?}", self.dtype).to_lowercase()),
                 },
             })
             .collect())
