@@ -37,6 +37,7 @@ impl ModelArgs {
         device: B::Device,
     ) -> burn_stylecode::StyleCodes<B> {
         burn_stylecode::StyleCodes::new(self.weights_dir(), self.dtype(dtype), device)
+            .with_backend_name(format!("{:?}", self.backend).to_lowercase())
     }
 
     pub fn weights_dir(&self) -> burn_stylecode::WeightsDir {
@@ -75,6 +76,8 @@ enum Command {
     Convert(commands::convert::Args),
     /// Generate SD1.5 images from a prompt, optionally in a style.
     Generate(Box<commands::generate::Args>),
+    /// Write an SD1.5 diffusers folder with LoRAs baked in.
+    MergeLora(commands::merge_lora::Args),
     /// Blend codes: a weighted mean of their latents.
     Mix(commands::mix::Args),
     /// Print a random stylecode.
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Generate(args) => commands::generate::run(*args),
+        Command::MergeLora(args) => commands::merge_lora::run(args),
         Command::Mix(args) => commands::mix::run(args),
         Command::Random(args) => commands::random::run(args),
         Command::Train(args) => commands::train::run(*args),

@@ -54,6 +54,12 @@ pub enum Error {
     /// NaN or infinite values out of a network during generation.
     #[error("{stage} has {count} NaN or infinite value(s) at {at}: f16 overflow (try --dtype f32) or broken weights")]
     NonFinite { stage: &'static str, at: String, count: u64 },
+    /// A LoRA file that cannot be merged.
+    #[error("LoRA {}: {message}", path.display())]
+    Lora { path: PathBuf, message: String },
+    /// A LoRA for another base model (SDXL, SD2).
+    #[error(transparent)]
+    LoraShape(Box<LoraShapeError>),
     /// The progress callback asked to stop.
     #[error("cancelled")]
     Cancelled,
@@ -67,6 +73,23 @@ pub(crate) fn preview(keys: &[String]) -> String {
         text.push_str(&format!(", and {} more", keys.len() - SHOWN));
     }
     text
+}
+
+/// A LoRA module whose change does not fit the weight it names.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "LoRA {}: `{module}` changes `{param}` by a {found:?} matrix, but the model's weight is {expected:?}: \
+     the LoRA is for another base model than this SD1.5{}",
+    path.display(),
+    base.as_ref().map(|b| format!(" (its ss_base_model_version is {b})")).unwrap_or_default()
+)]
+pub struct LoraShapeError {
+    pub path: PathBuf,
+    pub module: String,
+    pub param: String,
+    pub expected: Vec<usize>,
+    pub found: Vec<usize>,
+    pub base: Option<String>,
 }
 
 /// Why a string is not a stylecode.

@@ -31,6 +31,7 @@ pub mod weights;
 pub use error::{Error, Result};
 pub use pipeline::{
     read_png_text, read_png_text_bytes, write_png, GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec,
-    Progress, Recipe, Style, StyleCodes, WeightsDir,
+    InitImage, Progress, Recipe, Style, StyleCodes, WeightsDir,
 };
+pub use sd::lora::LoraSpec;
 pub use style::{CodeFormat, EncodedStyle, StyleCode, WeightedCode};

@@ -145,3 +145,38 @@ fn bad_settings_are_refused_before_any_work() {
     let scale = bad(GenerateSettings { style_scale: 1.5, ..settings() });
     assert!(scale.contains("1.5"), "{scale}");
 }
+
+#[test]
+fn recipes_record_the_model_loras_init_image_backend_and_dtype() {
+    let (_dir, weights) = weights_copy();
+    let styles = handle(weights.clone());
+    let lora = fixtures().join("lora/kohya.safetensors");
+    let photo = load_rgb(fixtures().join("images/drawing.png")).unwrap();
+    let settings = GenerateSettings {
+        loras: vec![burn_stylecode::LoraSpec { path: lora.clone(), unet_weight: 0.5, text_encoder_weight: 0.25 }],
+        init_image: Some(burn_stylecode::InitImage { image: photo, strength: 0.5 }),
+        ..settings()
+    };
+    let made = styles.generate(&GenerateRequest::repeated(spec(9, Style::None), 1, settings), go).unwrap();
+    let recipe = &made[0].recipe;
+    let model = recipe.model_sha256.clone().unwrap();
+    assert_eq!(model.len(), 64);
+    assert_eq!(recipe.loras.len(), 1);
+    assert_eq!(recipe.loras[0].sha256, burn_stylecode::import::sha256_file(&lora).unwrap());
+    assert_eq!((recipe.loras[0].name.as_str(), recipe.loras[0].unet_weight), ("kohya.safetensors", 0.5));
+    assert_eq!(recipe.init_image.as_ref().map(|(h, s)| (h.len(), *s)), Some((64, 0.5)));
+    assert_eq!((recipe.backend.as_deref(), recipe.dtype.as_deref()), (Some("cpu"), Some("f32")));
+    assert_eq!(&Recipe::from_text_chunks(&recipe.text_chunks()).unwrap(), recipe);
+    let parameters = recipe.a1111_parameters();
+    assert!(
+        parameters.contains("Lora hashes: \"kohya.safetensors: ") && parameters.contains("Denoising strength: 0.5")
+    );
+
+    // Another VAE file, another model identity.
+    let vae = weights.sd15_dir().join("vae/diffusion_pytorch_model.safetensors");
+    let mut bytes = std::fs::read(&vae).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&vae, bytes).unwrap();
+    assert_ne!(handle(weights).sd15_sha256().unwrap(), model);
+}

@@ -3,7 +3,9 @@ use crate::{load_image, ModelArgs};
 use anyhow::{bail, Result};
 use burn::prelude::Backend;
 use burn_stylecode::sd::schedulers::SchedulerKind;
-use burn_stylecode::{write_png, GenerateRequest, GenerateSettings, ImageSpec, Style, WeightedCode};
+use burn_stylecode::{
+    write_png, GenerateRequest, GenerateSettings, ImageSpec, InitImage, LoraSpec, Style, WeightedCode,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -41,15 +43,25 @@ pub struct Args {
     /// Conditioning scale of the style, 0..=1.
     #[arg(long, default_value_t = 0.9, value_parser = parse_scale)]
     style_scale: f64,
+    /// LoRA to merge (kohya, PEFT/diffusers, LyCORIS LoHa/LoKr `.safetensors`),
+    /// `FILE`, `FILE:WEIGHT` or `FILE:UNET_WEIGHT:TEXT_ENCODER_WEIGHT`; repeat to add several.
+    #[arg(long, value_name = "FILE[:WEIGHT]")]
+    lora: Vec<LoraSpec>,
     /// Seed of image 1; image k uses seed + k - 1. Random if not given.
     #[arg(long)]
     seed: Option<u64>,
-    /// Pixels, a multiple of 8 (of the VAE's scale factor).
-    #[arg(long, default_value_t = 512)]
-    width: usize,
-    /// Pixels, a multiple of 8 (of the VAE's scale factor).
-    #[arg(long, default_value_t = 512)]
-    height: usize,
+    /// Pixels, a multiple of 8 (default 512, or the init image's width rounded down to a multiple of 8).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Pixels, a multiple of 8 (default 512, or the init image's height rounded down to a multiple of 8).
+    #[arg(long)]
+    height: Option<usize>,
+    /// img2img: start from this picture (resized to the size), as diffusers' img2img pipeline.
+    #[arg(long, value_name = "IMG")]
+    init_image: Option<PathBuf>,
+    /// With --init-image: the share of the steps run again, 0 < S ≤ 1 (1: every step).
+    #[arg(long, default_value_t = 0.8, requires = "init_image")]
+    strength: f64,
     /// Number of images (at most 10000: each is listed and checked before any work).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     num: u32,
@@ -122,14 +134,21 @@ impl Job for GenerateJob {
 
     fn run<B: Backend>(self, device: B::Device) -> Result<ExitCode> {
         let args = self.0;
+        let init = args.init_image.as_ref().map(|path| load_image(path, args.allow_truncated)).transpose()?;
+        // Without a size, the init image's own, rounded down to a multiple of 8.
+        let own = |side: Option<u32>| side.map_or(512, |side| (side as usize / 8 * 8).max(8));
+        let width = args.width.unwrap_or_else(|| own(init.as_ref().map(|i| i.width())));
+        let height = args.height.unwrap_or_else(|| own(init.as_ref().map(|i| i.height())));
         let settings = GenerateSettings {
             steps: args.steps,
             guidance_scale: args.cfg,
             scheduler: args.scheduler,
             karras: args.karras,
-            width: args.width,
-            height: args.height,
+            width,
+            height,
             style_scale: args.style_scale,
+            loras: args.lora.clone(),
+            init_image: init.map(|image| InitImage { image, strength: args.strength }),
         };
         settings.validate()?;
         // Check every target before any work, so nothing is lost or half done.
@@ -142,6 +161,9 @@ impl Job for GenerateJob {
         let mut styles = args.model.style_codes::<B>(args.dtype.as_deref(), device).with_max_memory(args.max_memory);
         if let Some(base) = &args.base {
             styles = styles.with_sd15_dir(base.clone());
+        }
+        if !args.lora.is_empty() {
+            warn_unmatched(&styles.stable_diffusion_with(&args.lora)?.loras);
         }
         let style = if let Some(path) = &args.style_image {
             let encoded = styles.encode(&[load_image(path, args.allow_truncated)?])?.remove(0);
@@ -164,7 +186,11 @@ impl Job for GenerateJob {
         };
         let request = GenerateRequest::repeated(first, outputs.len(), settings);
 
-        let progress = progress_bar(args.quiet, (outputs.len() * args.steps) as u64);
+        let steps = match &request.settings.init_image {
+            Some(init) => args.steps - burn_stylecode::sd::pipeline::img2img_start(args.steps, init.strength)?,
+            None => args.steps,
+        };
+        let progress = progress_bar(args.quiet, (outputs.len() * steps) as u64);
         let mut paths = outputs.iter();
         for batch in request.batches(args.batch_size as usize) {
             let images = styles.generate(&batch, |step| {
@@ -178,6 +204,23 @@ impl Job for GenerateJob {
         }
         progress.finish_and_clear();
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// One warning per LoRA that has tensors this SD1.5 has no module for.
+pub fn warn_unmatched(loras: &[burn_stylecode::sd::lora::Lora]) {
+    for lora in loras.iter().filter(|l| !l.unmatched.is_empty()) {
+        const SHOWN: usize = 8;
+        let mut names: Vec<String> = lora.unmatched.iter().take(SHOWN).map(|k| format!("`{k}`")).collect();
+        if lora.unmatched.len() > SHOWN {
+            names.push(format!("and {} more", lora.unmatched.len() - SHOWN));
+        }
+        eprintln!(
+            "warning: LoRA {}: {} tensor(s) match no module of this SD1.5 and are ignored: {}",
+            lora.spec.path.display(),
+            lora.unmatched.len(),
+            names.join(", ")
+        );
     }
 }
 

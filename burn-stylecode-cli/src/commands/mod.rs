@@ -3,6 +3,7 @@ pub mod encode;
 pub mod export;
 pub mod generate;
 pub mod inspect;
+pub mod merge_lora;
 pub mod mix;
 pub mod random;
 pub mod serve;

@@ -27,6 +27,7 @@
 //! files still match its manifest.
 
 pub mod expected;
+mod lora;
 mod manifest;
 mod pickle;
 mod sd15;
@@ -36,12 +37,13 @@ mod stylecodes;
 mod write;
 
 pub use expected::ExpectedTensor;
+pub use lora::sd15_with_loras;
 pub use manifest::{FileRecord, Manifest, SourceRecord, MANIFEST};
 pub use sd15::{sd15_from_diffusers_dir, sd15_from_single_file, Sd15Configs};
 pub use siglip::siglip_from_dir;
 pub use source::SrcDtype;
 pub use stylecodes::{stylecodes_from_bin, StylecodesSpec};
-pub use write::sha256_file;
+pub use write::{hex_digest, sha256_file};
 
 use crate::error::preview;
 use expected::Row;
@@ -161,6 +163,9 @@ pub enum ImportError {
     ShortRead { path: PathBuf, key: String, read: usize, expected: usize },
     #[error("{}: read back wrong: {message}", path.display())]
     ReadBack { path: PathBuf, message: String },
+    /// A model or LoRA that does not load (merge-lora).
+    #[error(transparent)]
+    Load(#[from] crate::error::Error),
 }
 
 impl ImportError {

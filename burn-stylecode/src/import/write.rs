@@ -17,6 +17,11 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A finished sha256, as lowercase hex.
+pub fn hex_digest(digest: Sha256) -> String {
+    hex(&digest.finalize())
+}
+
 /// The sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = File::open(path)?;

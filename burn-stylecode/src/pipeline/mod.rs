@@ -9,13 +9,15 @@ mod request;
 mod weights_dir;
 
 pub use png_text::{read_png_text, read_png_text_bytes, write_png};
-pub use recipe::Recipe;
-pub use request::{GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, Progress, Style};
+pub use recipe::{Recipe, RecipeLora};
+pub use request::{GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, InitImage, Progress, Style};
 pub use weights_dir::{WeightsDir, WEIGHTS_ENV};
 
 use crate::error::{Error, Result};
-use crate::sd::pipeline::{Settings, StableDiffusion};
+use crate::sd::lora::LoraSpec;
+use crate::sd::pipeline::{self as sd_pipeline, Settings, StableDiffusion};
 use crate::sd::unet_2d::UNetConfig;
+use crate::siglip::preprocess::resize_lanczos;
 use crate::siglip::{SiglipVisionConfig, SiglipVisionTransformer};
 use crate::style::autoencoder::AttentionAutoencoder;
 use crate::style::code::{blend, CODE_LEN};
@@ -26,9 +28,10 @@ use crate::weights::{JsonConfig, TensorFile};
 use burn::prelude::*;
 use burn::tensor::DType;
 use image::RgbImage;
+use sha2::{Digest, Sha256};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// StyleCodes on one device: encode images to codes, generate SD1.5
 /// images in a code's style.
@@ -45,10 +48,28 @@ pub struct StyleCodes<B: Backend> {
     siglip: OnceLock<(SiglipVisionConfig, SiglipVisionTransformer<B>)>,
     autoencoder: OnceLock<AttentionAutoencoder<B>>,
     control: OnceLock<StyleControl<B>>,
-    sd: OnceLock<StableDiffusion<B>>,
+    /// SD1.5 with the LoRAs of the last request that asked for it, and
+    /// those LoRAs as recipes record them.
+    sd: Mutex<Option<LoadedSd<B>>>,
+    sd15_sha256: OnceLock<String>,
+    backend: String,
     /// A cap on a generation's estimated memory (`memory::check`).
     max_memory: Option<u64>,
 }
+
+/// An init image as diffusers' `VaeImageProcessor` prepares it: Pillow's
+/// Lanczos to `width`×`height`, then `2·x/255 − 1`, as [1, 3, H, W].
+pub fn vae_pixels<B: Backend>(image: &RgbImage, width: usize, height: usize, device: &B::Device) -> Tensor<B, 4> {
+    let resized = resize_lanczos(image, width as u32, height as u32);
+    let mut values = Vec::with_capacity(3 * width * height);
+    for c in 0..3 {
+        values.extend(resized.pixels().map(|p| 2.0 * (f32::from(p.0[c]) / 255.0) - 1.0));
+    }
+    Tensor::from_data(TensorData::new(values, [1, 3, height, width]), device)
+}
+
+/// SD1.5 as loaded, with its LoRAs as recipes record them.
+type LoadedSd<B> = (Arc<StableDiffusion<B>>, Vec<RecipeLora>);
 
 /// `cell`'s value, loading it first if needed.
 fn get_or_load<T>(cell: &OnceLock<T>, load: impl FnOnce() -> Result<T>) -> Result<&T> {
@@ -72,7 +93,9 @@ impl<B: Backend> StyleCodes<B> {
             siglip: OnceLock::new(),
             autoencoder: OnceLock::new(),
             control: OnceLock::new(),
-            sd: OnceLock::new(),
+            sd: Mutex::new(None),
+            sd15_sha256: OnceLock::new(),
+            backend: "cpu".into(),
             max_memory: None,
         }
     }
@@ -88,6 +111,42 @@ impl<B: Backend> StyleCodes<B> {
     pub fn with_sd15_dir(mut self, dir: PathBuf) -> Self {
         self.sd15_dir = dir;
         self
+    }
+
+    /// The backend's name recorded in recipes (`cpu` unless told).
+    pub fn with_backend_name(mut self, name: impl Into<String>) -> Self {
+        self.backend = name.into();
+        self
+    }
+
+    /// The identity of the SD1.5 weights: the sha256 of the lines
+    /// `REL_PATH SHA256` of its UNet, text encoder and VAE weights files,
+    /// each file's sha256 taken from the folder's `manifest.json` when it
+    /// lists the file with its size, else computed (once per handle).
+    pub fn sd15_sha256(&self) -> Result<&str> {
+        get_or_load(&self.sd15_sha256, || {
+            let manifest = crate::import::Manifest::read(&self.sd15_dir).ok();
+            let mut digest = Sha256::new();
+            for rel in [
+                "unet/diffusion_pytorch_model.safetensors",
+                "text_encoder/model.safetensors",
+                "vae/diffusion_pytorch_model.safetensors",
+            ] {
+                let path = self.sd15_dir.join(rel);
+                let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+                let listed = manifest
+                    .as_ref()
+                    .and_then(|m| m.files.iter().find(|f| f.path == rel && f.bytes == size))
+                    .map(|f| f.sha256.clone());
+                let sha256 = match listed {
+                    Some(sha256) => sha256,
+                    None => crate::import::sha256_file(&path).map_err(|e| Error::io(&path, e))?,
+                };
+                digest.update(format!("{rel} {sha256}\n"));
+            }
+            Ok(crate::import::hex_digest(digest))
+        })
+        .map(String::as_str)
     }
 
     pub fn weights(&self) -> &WeightsDir {
@@ -142,8 +201,45 @@ impl<B: Backend> StyleCodes<B> {
         self.encoder()?.encode(images)
     }
 
-    pub fn stable_diffusion(&self) -> Result<&StableDiffusion<B>> {
-        get_or_load(&self.sd, || StableDiffusion::load(&self.sd15_dir, self.dtype, &self.device))
+    /// SD1.5 without LoRAs.
+    pub fn stable_diffusion(&self) -> Result<Arc<StableDiffusion<B>>> {
+        self.stable_diffusion_with(&[])
+    }
+
+    /// SD1.5 with `loras` merged. The last one loaded is kept; another set
+    /// of LoRAs loads the base again (the previous copy is freed first).
+    pub fn stable_diffusion_with(&self, loras: &[LoraSpec]) -> Result<Arc<StableDiffusion<B>>> {
+        Ok(self.loaded_sd(loras)?.0)
+    }
+
+    /// SD1.5 with `loras`, and the LoRAs as recipes record them (with their sha256).
+    fn loaded_sd(&self, loras: &[LoraSpec]) -> Result<LoadedSd<B>> {
+        let mut slot = self.sd.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(loaded) = slot.as_ref().filter(|(sd, _)| sd.loras.iter().map(|l| &l.spec).eq(loras)) {
+            return Ok(loaded.clone());
+        }
+        *slot = None;
+        // The identity is taken with the weights, which are not read again.
+        self.sd15_sha256()?;
+        let sd = Arc::new(StableDiffusion::load_with_loras(&self.sd15_dir, loras, self.dtype, &self.device)?);
+        let recipes = loras
+            .iter()
+            .map(|spec| {
+                let sha256 = crate::import::sha256_file(&spec.path).map_err(|e| Error::io(&spec.path, e))?;
+                let name = spec
+                    .path
+                    .file_name()
+                    .map_or_else(|| spec.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+                Ok(RecipeLora {
+                    name,
+                    unet_weight: spec.unet_weight,
+                    text_encoder_weight: spec.text_encoder_weight,
+                    sha256,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        *slot = Some((sd.clone(), recipes.clone()));
+        Ok((sd, recipes))
     }
 
     /// The control branch, shaped after the base UNet.
@@ -233,7 +329,16 @@ impl<B: Backend> StyleCodes<B> {
         let prompts: Vec<String> = specs.iter().map(|s| s.prompt.clone()).collect();
         let negatives: Vec<String> = specs.iter().map(|s| s.negative.clone()).collect();
         let seeds: Vec<u64> = specs.iter().map(|s| s.seed).collect();
-        let sd = self.stable_diffusion()?;
+        let (sd, lora_recipes) = self.loaded_sd(&settings.loras)?;
+        let model_sha256 = self.sd15_sha256()?.to_string();
+        let init_image = settings
+            .init_image
+            .as_ref()
+            .map(|init| (crate::import::hex_digest(Sha256::new().chain_update(init.image.as_raw())), init.strength));
+        let init = settings.init_image.as_ref().map(|init| sd_pipeline::InitImage {
+            pixels: vae_pixels(&init.image, settings.width, settings.height, &self.device).cast(self.dtype),
+            strength: init.strength,
+        });
 
         let mut codes = Vec::with_capacity(specs.len());
         let latents = if styled {
@@ -256,11 +361,11 @@ impl<B: Backend> StyleCodes<B> {
             };
             sd_settings.validate()?;
             let predict = condition.predictor(&sd.unet, sd.latent_size(&sd_settings), sd_settings.guided());
-            sd.generate_latents(&prompts, &negatives, &seeds, &sd_settings, predict, on_step)?
+            sd.generate_latents_from(init.as_ref(), &prompts, &negatives, &seeds, &sd_settings, predict, on_step)?
         } else {
             codes.resize(specs.len(), None);
             let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
-            sd.generate_latents(&prompts, &negatives, &seeds, &sd_settings, predict, on_step)?
+            sd.generate_latents_from(init.as_ref(), &prompts, &negatives, &seeds, &sd_settings, predict, on_step)?
         };
 
         let images = sd.decode(latents)?;
@@ -282,6 +387,11 @@ impl<B: Backend> StyleCodes<B> {
                     height: settings.height,
                     style_scale: stylecode.is_some().then_some(settings.style_scale),
                     stylecode,
+                    model_sha256: Some(model_sha256.clone()),
+                    loras: lora_recipes.clone(),
+                    init_image: init_image.clone(),
+                    backend: Some(self.backend.clone()),
+                    dtype: Some(format!("{:?}", self.dtype).to_lowercase()),
                 },
             })
             .collect())

@@ -18,12 +18,53 @@ pub struct Recipe {
     /// The code of the style (a blend's nearest code), if any.
     pub stylecode: Option<String>,
     pub style_scale: Option<f64>,
+    /// sha256 of the SD1.5 weights (see [`super::StyleCodes::sd15_sha256`]).
+    pub model_sha256: Option<String>,
+    /// The LoRAs merged, in order.
+    pub loras: Vec<RecipeLora>,
+    /// img2img: sha256 of the init image's RGB pixels, and the strength.
+    pub init_image: Option<(String, f64)>,
+    /// The backend (`cpu`, `wgpu`, `cuda`) and the weights' dtype (`f32`, `f16`).
+    pub backend: Option<String>,
+    pub dtype: Option<String>,
+}
+
+/// One LoRA of a recipe: its file name, weights and sha256.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipeLora {
+    pub name: String,
+    pub unet_weight: f32,
+    pub text_encoder_weight: f32,
+    pub sha256: String,
+}
+
+impl RecipeLora {
+    /// `name:unet_weight:text_encoder_weight:sha256`, one line of the `loras` chunk.
+    fn line(&self) -> String {
+        format!("{}:{}:{}:{}", self.name, self.unet_weight, self.text_encoder_weight, self.sha256)
+    }
+
+    fn parse(line: &str) -> Result<Self> {
+        let bad = || Error::InvalidRequest(format!("text chunk `loras`: line {line:?} is not NAME:W:TE_W:SHA256"));
+        let mut parts = line.rsplitn(4, ':');
+        let (sha256, te, unet, name) = (parts.next(), parts.next(), parts.next(), parts.next());
+        let (Some(sha256), Some(te), Some(unet), Some(name)) = (sha256, te, unet, name) else { return Err(bad()) };
+        Ok(Self {
+            name: name.to_string(),
+            unet_weight: unet.parse().map_err(|_| bad())?,
+            text_encoder_weight: te.parse().map_err(|_| bad())?,
+            sha256: sha256.to_string(),
+        })
+    }
 }
 
 impl Recipe {
     /// The PNG text chunks: `prompt`, `negative_prompt`, `seed`, `steps`,
     /// `scheduler`, `guidance_scale`, `width`, `height`, then `karras` (when
-    /// on), `stylecode` and `style_scale` (when styled).
+    /// on), `stylecode` and `style_scale` (when styled), `model_sha256`,
+    /// `loras` (one `NAME:W:TE_W:SHA256` line each), `init_image_sha256` and
+    /// `strength` (img2img), `backend`, `dtype`, and last the A1111-style
+    /// `parameters`.
     pub fn text_chunks(&self) -> Vec<(String, String)> {
         let mut text = vec![
             ("prompt", self.prompt.clone()),
@@ -44,12 +85,71 @@ impl Recipe {
         if let Some(scale) = self.style_scale {
             text.push(("style_scale", scale.to_string()));
         }
+        if let Some(sha256) = &self.model_sha256 {
+            text.push(("model_sha256", sha256.clone()));
+        }
+        if !self.loras.is_empty() {
+            text.push(("loras", self.loras.iter().map(RecipeLora::line).collect::<Vec<_>>().join("\n")));
+        }
+        if let Some((sha256, strength)) = &self.init_image {
+            text.push(("init_image_sha256", sha256.clone()));
+            text.push(("strength", strength.to_string()));
+        }
+        if let Some(backend) = &self.backend {
+            text.push(("backend", backend.clone()));
+        }
+        if let Some(dtype) = &self.dtype {
+            text.push(("dtype", dtype.clone()));
+        }
+        text.push(("parameters", self.a1111_parameters()));
         text.into_iter().map(|(key, value)| (key.to_string(), value)).collect()
     }
 
     /// The code a PNG made by `generate` carries in its `stylecode` chunk, if any.
     pub fn stored_code(text: &[(String, String)]) -> Option<&str> {
         text.iter().find(|(key, _)| key == "stylecode").map(|(_, value)| value.as_str())
+    }
+
+    /// The recipe as AUTOMATIC1111 writes its `parameters` chunk, so that
+    /// other tools' "PNG info" shows it: the prompt, `Negative prompt: …`,
+    /// then `Key: value` pairs.
+    pub fn a1111_parameters(&self) -> String {
+        let sampler = match (self.scheduler, self.karras) {
+            (SchedulerKind::Ddim, _) => "DDIM".to_string(),
+            (SchedulerKind::Euler, k) => format!("Euler{}", if k { " Karras" } else { "" }),
+            (SchedulerKind::EulerAncestral, k) => format!("Euler a{}", if k { " Karras" } else { "" }),
+            (SchedulerKind::DpmPlusPlus2M, k) => format!("DPM++ 2M{}", if k { " Karras" } else { "" }),
+        };
+        let mut pairs = vec![
+            format!("Steps: {}", self.steps),
+            format!("Sampler: {sampler}"),
+            format!("CFG scale: {}", self.guidance_scale),
+            format!("Seed: {}", self.seed),
+            format!("Size: {}x{}", self.width, self.height),
+        ];
+        if let Some(sha256) = &self.model_sha256 {
+            pairs.push(format!("Model hash: {}", &sha256[..sha256.len().min(10)]));
+        }
+        if let Some((_, strength)) = &self.init_image {
+            pairs.push(format!("Denoising strength: {strength}"));
+        }
+        if !self.loras.is_empty() {
+            let hashes: Vec<String> =
+                self.loras.iter().map(|l| format!("{}: {}", l.name, &l.sha256[..l.sha256.len().min(12)])).collect();
+            pairs.push(format!("Lora hashes: \"{}\"", hashes.join(", ")));
+        }
+        if let Some(code) = &self.stylecode {
+            pairs.push(format!("Stylecode: {code}"));
+        }
+        if let Some(scale) = self.style_scale {
+            pairs.push(format!("Style scale: {scale}"));
+        }
+        let mut text = self.prompt.clone();
+        if !self.negative_prompt.is_empty() {
+            text.push_str(&format!("\nNegative prompt: {}", self.negative_prompt));
+        }
+        text.push_str(&format!("\n{}", pairs.join(", ")));
+        text
     }
 
     /// The recipe in a PNG's text chunks; errors name the chunk at fault.
@@ -72,6 +172,14 @@ impl Recipe {
             height: parse("height", required("height")?)?,
             stylecode: get("stylecode").map(str::to_string),
             style_scale: get("style_scale").map(|v| parse("style_scale", v)).transpose()?,
+            model_sha256: get("model_sha256").map(str::to_string),
+            loras: get("loras").map(|v| v.lines().map(RecipeLora::parse).collect()).transpose()?.unwrap_or_default(),
+            init_image: match (get("init_image_sha256"), get("strength")) {
+                (Some(sha256), Some(strength)) => Some((sha256.to_string(), parse("strength", strength)?)),
+                _ => None,
+            },
+            backend: get("backend").map(str::to_string),
+            dtype: get("dtype").map(str::to_string),
         })
     }
 }
@@ -94,10 +202,33 @@ mod tests {
             height: 48,
             stylecode: Some("C/d/AAI/rQglIvUb1/fC1".into()),
             style_scale: Some(0.25),
+            model_sha256: Some("ab".repeat(32)),
+            loras: vec![RecipeLora {
+                name: "c:/x/a b.safetensors".into(),
+                unet_weight: 0.5,
+                text_encoder_weight: -1.0,
+                sha256: "cd".repeat(32),
+            }],
+            init_image: Some(("ef".repeat(32), 0.75)),
+            backend: Some("cpu".into()),
+            dtype: Some("f32".into()),
         };
         assert_eq!(Recipe::from_text_chunks(&recipe.text_chunks()).unwrap(), recipe);
-        let plain = Recipe { karras: false, stylecode: None, style_scale: None, ..recipe };
-        assert_eq!(plain.text_chunks().len(), 8);
+        let parameters = recipe.a1111_parameters();
+        assert!(parameters.starts_with("a fox, 🌸\nSteps: 7, Sampler: Euler a Karras, CFG scale: 3.5"), "{parameters}");
+        assert!(parameters.contains("Denoising strength: 0.75") && parameters.contains("Model hash: abababab"));
+        let plain = Recipe {
+            karras: false,
+            stylecode: None,
+            style_scale: None,
+            model_sha256: None,
+            loras: Vec::new(),
+            init_image: None,
+            backend: None,
+            dtype: None,
+            ..recipe
+        };
+        assert_eq!(plain.text_chunks().len(), 9, "8 settings and `parameters`");
         assert_eq!(Recipe::from_text_chunks(&plain.text_chunks()).unwrap(), plain);
 
         let mut broken = plain.text_chunks();

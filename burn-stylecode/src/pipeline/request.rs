@@ -1,6 +1,7 @@
 //! What a generation asks for, and what it gives back.
 
 use crate::error::{Error, Result};
+use crate::sd::lora::LoraSpec;
 use crate::sd::schedulers::SchedulerKind;
 use crate::style::code::CODE_LEN;
 use crate::style::WeightedCode;
@@ -50,6 +51,19 @@ pub struct GenerateSettings {
     pub height: usize,
     /// Conditioning scale of the style, 0..=1.
     pub style_scale: f64,
+    /// LoRAs merged into the UNet and text encoder, in order (none by default).
+    pub loras: Vec<LoraSpec>,
+    /// img2img: start every image from this one (none by default).
+    pub init_image: Option<InitImage>,
+}
+
+/// img2img's start: a picture (resized to the request's size) and the
+/// share of the schedule to run again, 0 < strength ≤ 1 (1 ignores the
+/// picture but for its noise level: every step runs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitImage {
+    pub image: RgbImage,
+    pub strength: f64,
 }
 
 impl Default for GenerateSettings {
@@ -62,6 +76,8 @@ impl Default for GenerateSettings {
             width: 512,
             height: 512,
             style_scale: 0.9,
+            loras: Vec::new(),
+            init_image: None,
         }
     }
 }
@@ -92,6 +108,9 @@ impl GenerateSettings {
                 "Karras sigmas do not apply to the {} scheduler",
                 self.scheduler
             )));
+        }
+        if let Some(init) = &self.init_image {
+            crate::sd::pipeline::img2img_start(self.steps, init.strength)?;
         }
         if !(0.0..=1.0).contains(&self.style_scale) {
             return Err(Error::InvalidRequest(format!("style scale {} is not between 0 and 1", self.style_scale)));

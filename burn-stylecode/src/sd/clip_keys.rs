@@ -21,6 +21,11 @@ fn in_text_roots(key: &str) -> bool {
     TEXT_ROOTS.iter().any(|r| key.starts_with(r))
 }
 
+/// Where the text tower's tensors sit in `file`: `text_model.` or unprefixed.
+pub(crate) fn text_prefix(file: &TensorFile) -> Result<&'static str> {
+    find_prefix(file, &["text_model.", ""], PROBE, "the CLIP text encoder")
+}
+
 /// Under `text_model.` everything belongs to the text tower; unprefixed, only its roots.
 fn key_map(prefix: &str) -> KeyMap<'static> {
     KeyMap {
@@ -44,7 +49,7 @@ impl<B: Backend> ClipTextTransformer<B> {
     /// `embeddings.position_ids` buffer older files carry is ignored; the rest of
     /// a full `CLIPModel` file (`vision_model.*`, projections) is out of scope.
     pub fn load(config: &ClipTextConfig, file: &TensorFile, dtype: DType, device: &B::Device) -> Result<Self> {
-        let prefix = find_prefix(file, &["text_model.", ""], PROBE, "the CLIP text encoder")?;
+        let prefix = text_prefix(file)?;
         load_module(config.init(device), file, &key_map(prefix), dtype)
     }
 }

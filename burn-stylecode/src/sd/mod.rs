@@ -5,8 +5,10 @@
 
 pub mod attention;
 pub mod clip;
-mod clip_keys;
+pub(crate) mod clip_keys;
 pub mod embeddings;
+pub mod ldm_names;
+pub mod lora;
 pub mod pipeline;
 pub mod resnet;
 pub mod schedulers;
@@ -14,7 +16,7 @@ pub mod tokenizer;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
 pub mod unet_hook;
-mod unet_keys;
+pub(crate) mod unet_keys;
 pub mod vae;
 mod vae_keys;
 

@@ -5,13 +5,16 @@
 //! the plain UNet and a hooked one (the style control branch lives in
 //! `crate::style`; this module knows nothing about styles).
 
-use super::clip::ClipTextTransformer;
+use super::clip::{ClipTextConfig, ClipTextTransformer};
+use super::clip_keys::text_prefix;
+use super::lora::{merge_patch, Component, Lora, LoraKeyTable, LoraSpec};
 use super::schedulers::{build_scheduler, SchedulerConfig, SchedulerKind};
 use super::tokenizer::ClipTokenizer;
-use super::unet_2d::UNet2DConditionModel;
+use super::unet_2d::{UNet2DConditionModel, UNetConfig};
+use super::unet_keys::diffusers_weights;
 use super::vae::AutoencoderKL;
 use crate::error::{Error, Result};
-use crate::weights::JsonConfig;
+use crate::weights::{JsonConfig, TensorFile};
 use burn::prelude::*;
 use burn::tensor::DType;
 use image::RgbImage;
@@ -70,8 +73,40 @@ pub struct StableDiffusion<B: Backend> {
     pub unet: UNet2DConditionModel<B>,
     pub vae: AutoencoderKL<B>,
     pub scheduler_config: SchedulerConfig,
+    /// The LoRAs merged into the UNet and text encoder, in order.
+    pub loras: Vec<Lora>,
     dtype: DType,
     device: B::Device,
+}
+
+/// img2img's init image: pixels [1, 3, H, W] in [-1, 1] at the request's
+/// size, and the share of the schedule to run, 0 < strength ≤ 1.
+#[derive(Debug, Clone)]
+pub struct InitImage<B: Backend> {
+    pub pixels: Tensor<B, 4>,
+    pub strength: f64,
+}
+
+/// img2img's start: the init image's clean diffusion latents [B, 4, h, w].
+#[derive(Debug, Clone)]
+pub struct InitLatents<B: Backend> {
+    pub latents: Tensor<B, 4>,
+    pub strength: f64,
+}
+
+/// diffusers' img2img `get_timesteps`: the index of the first step run,
+/// `steps - min(floor(steps·strength), steps)`; an error if no step runs.
+pub fn img2img_start(steps: usize, strength: f64) -> Result<usize> {
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(Error::InvalidRequest(format!("strength {strength} is not in (0, 1]")));
+    }
+    let kept = ((steps as f64 * strength) as usize).min(steps);
+    if kept == 0 {
+        return Err(Error::InvalidRequest(format!(
+            "strength {strength} of {steps} steps runs no step: raise the strength or the steps"
+        )));
+    }
+    Ok(steps - kept)
 }
 
 /// Unit Gaussian noise for one image, reproducible from its seed on every
@@ -101,16 +136,54 @@ impl NoiseSource {
     }
 }
 
+/// The UNet and text encoder weights files of a diffusers folder, each
+/// patched to merge `loras` (checked against the configs) as it is read.
+pub fn weights_files(
+    dir: &Path,
+    unet: &UNetConfig,
+    text_encoder: &ClipTextConfig,
+    loras: &[LoraSpec],
+) -> Result<(TensorFile, TensorFile, Vec<Lora>)> {
+    let mut unet_file = TensorFile::open(diffusers_weights(&dir.join("unet"))?)?;
+    let mut text_file = TensorFile::open(dir.join("text_encoder").join("model.safetensors"))?;
+    if loras.is_empty() {
+        return Ok((unet_file, text_file, Vec::new()));
+    }
+    let config_error = |message: String| Error::Config { path: dir.join("unet").join("config.json"), message };
+    let table = LoraKeyTable::new(unet, text_encoder).map_err(config_error)?;
+    let loras = loras.iter().map(|spec| Lora::open(spec, &table)).collect::<Result<Vec<_>>>()?;
+    if let Some(patch) = merge_patch(&loras, Component::Unet, "") {
+        unet_file = unet_file.with_patch(patch);
+    }
+    let prefix = text_prefix(&text_file)?;
+    if let Some(patch) = merge_patch(&loras, Component::TextEncoder, prefix) {
+        text_file = text_file.with_patch(patch);
+    }
+    Ok((unet_file, text_file, loras))
+}
+
 impl<B: Backend> StableDiffusion<B> {
     /// Loads `unet/`, `vae/`, `text_encoder/`, `tokenizer/` and
     /// `scheduler/` from a diffusers SD1.5 folder.
     pub fn load(dir: &Path, dtype: DType, device: &B::Device) -> Result<Self> {
+        Self::load_with_loras(dir, &[], dtype, device)
+    }
+
+    /// [`load`](Self::load) with `loras` merged into the UNet and text
+    /// encoder weights as they are read (in f32, then cast to `dtype`).
+    pub fn load_with_loras(dir: &Path, loras: &[LoraSpec], dtype: DType, device: &B::Device) -> Result<Self> {
+        let unet_dir = dir.join("unet");
+        let text_dir = dir.join("text_encoder");
+        let unet_config = UNetConfig::from_file(&unet_dir.join("config.json"))?;
+        let text_config = ClipTextConfig::from_file(&text_dir.join("config.json"))?;
+        let (unet_file, text_file, loras) = weights_files(dir, &unet_config, &text_config, loras)?;
         Ok(Self {
             tokenizer: ClipTokenizer::from_dir(dir.join("tokenizer"))?,
-            text_encoder: ClipTextTransformer::from_dir(&dir.join("text_encoder"), dtype, device)?,
-            unet: UNet2DConditionModel::from_diffusers_dir(&dir.join("unet"), dtype, device)?,
+            text_encoder: ClipTextTransformer::load(&text_config, &text_file, dtype, device)?,
+            unet: UNet2DConditionModel::load(&unet_config, &unet_file, dtype, device)?,
             vae: AutoencoderKL::from_diffusers_dir(&dir.join("vae"), dtype, device)?,
             scheduler_config: SchedulerConfig::from_file(&dir.join("scheduler").join("scheduler_config.json"))?,
+            loras,
             dtype,
             device: device.clone(),
         })
@@ -175,6 +248,24 @@ impl<B: Backend> StableDiffusion<B> {
         context: &Tensor<B, 3>,
         settings: &Settings,
         sources: &mut [NoiseSource],
+        predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
+        on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
+    ) -> Result<Tensor<B, 4>> {
+        self.denoise_from(None, noise, context, settings, sources, predict, on_step)
+    }
+
+    /// [`denoise`](Self::denoise), for img2img from `init` when given (as
+    /// diffusers' `StableDiffusionImg2ImgPipeline`): its latents noised with
+    /// `noise` to the first kept timestep ([`img2img_start`]), then the
+    /// remaining steps; `on_step` counts those.
+    #[allow(clippy::too_many_arguments)]
+    pub fn denoise_from(
+        &self,
+        init: Option<InitLatents<B>>,
+        noise: Tensor<B, 4>,
+        context: &Tensor<B, 3>,
+        settings: &Settings,
+        sources: &mut [NoiseSource],
         mut predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
         mut on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor<B, 4>> {
@@ -182,9 +273,19 @@ impl<B: Backend> StableDiffusion<B> {
             build_scheduler::<B>(settings.scheduler, &self.scheduler_config, settings.steps, settings.karras)
                 .map_err(|e| Error::InvalidRequest(e.to_string()))?;
         let timesteps = scheduler.timesteps().to_vec();
-        let mut latents = noise * scheduler.init_noise_sigma();
+        let (start, mut latents) = match init {
+            None => (0, noise * scheduler.init_noise_sigma()),
+            Some(init) => {
+                let start = img2img_start(timesteps.len(), init.strength)?;
+                let latents = scheduler
+                    .add_noise(init.latents, noise, &[timesteps[start]])
+                    .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+                (start, latents)
+            }
+        };
         let [batch, c, h, w] = latents.dims();
-        for (index, &t) in timesteps.iter().enumerate() {
+        let run = timesteps.len() - start;
+        for (index, &t) in timesteps.iter().enumerate().skip(start) {
             let input = scheduler.scale_model_input(latents.clone(), index);
             let input = if settings.guided() { Tensor::cat(vec![input.clone(), input], 0) } else { input };
             let timestep = Tensor::<B, 1>::from_data(TensorData::new(vec![t as f32], [1]), (&self.device, self.dtype));
@@ -206,7 +307,7 @@ impl<B: Backend> StableDiffusion<B> {
             let step_noise = (settings.scheduler == SchedulerKind::EulerAncestral)
                 .then(|| self.tensor(sources.iter_mut().flat_map(|s| s.normal(c * h * w)).collect(), [batch, c, h, w]));
             latents = scheduler.step(prediction, index, latents, step_noise);
-            if on_step(index + 1, timesteps.len()).is_break() {
+            if on_step(index + 1 - start, run).is_break() {
                 return Err(Error::Cancelled);
             }
         }
@@ -261,6 +362,24 @@ impl<B: Backend> StableDiffusion<B> {
         predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
         on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor<B, 4>> {
+        self.generate_latents_from(None, prompts, negatives, seeds, settings, predict, on_step)
+    }
+
+    /// [`generate_latents`](Self::generate_latents), for img2img from
+    /// `init` when given: every image starts from it. Each image's seed
+    /// gives, in order, the VAE posterior's noise, the noise added to the
+    /// init latents, then the ancestral sampler's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_latents_from(
+        &self,
+        init: Option<&InitImage<B>>,
+        prompts: &[String],
+        negatives: &[String],
+        seeds: &[u64],
+        settings: &Settings,
+        predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
+        on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
+    ) -> Result<Tensor<B, 4>> {
         settings.validate()?;
         if negatives.len() != prompts.len() || seeds.len() != prompts.len() {
             return Err(Error::InvalidRequest(format!(
@@ -271,9 +390,29 @@ impl<B: Backend> StableDiffusion<B> {
             )));
         }
         let mut sources: Vec<NoiseSource> = seeds.iter().map(|&s| NoiseSource::new(s)).collect();
+        let init = match init {
+            None => None,
+            Some(init) => {
+                let [_, _, height, width] = init.pixels.dims();
+                if [height, width] != [settings.height, settings.width] {
+                    return Err(Error::InvalidRequest(format!(
+                        "the init image is {width}x{height}, the request {}x{}",
+                        settings.width, settings.height
+                    )));
+                }
+                img2img_start(settings.steps, init.strength)?;
+                let pixels = init.pixels.clone().repeat_dim(0, seeds.len());
+                let (mean, logvar) = self.vae.encode(pixels);
+                let shape = mean.dims();
+                let per_image = shape[1] * shape[2] * shape[3];
+                let eps = self.tensor(sources.iter_mut().flat_map(|s| s.normal(per_image)).collect(), shape);
+                let latents = self.vae.to_diffusion(AutoencoderKL::sample(mean, logvar, eps));
+                Some(InitLatents { latents, strength: init.strength })
+            }
+        };
         let noise = self.initial_noise(&mut sources, settings);
         let context = self.text_context(prompts, negatives, settings)?;
-        self.denoise(noise, &context, settings, &mut sources, predict, on_step)
+        self.denoise_from(init, noise, &context, settings, &mut sources, predict, on_step)
     }
 }
 

@@ -55,6 +55,25 @@ fn bicubic(x: f64) -> f64 {
 
 const BICUBIC: Filter = Filter { support: 2.0, kernel: bicubic };
 
+/// Pillow's `lanczos_filter`: sinc(x)·sinc(x/3) on [-3, 3).
+fn lanczos(x: f64) -> f64 {
+    let sinc = |x: f64| {
+        if x == 0.0 {
+            1.0
+        } else {
+            let x = x * std::f64::consts::PI;
+            x.sin() / x
+        }
+    };
+    if (-3.0..3.0).contains(&x) {
+        sinc(x) * sinc(x / 3.0)
+    } else {
+        0.0
+    }
+}
+
+const LANCZOS: Filter = Filter { support: 3.0, kernel: lanczos };
+
 /// Fixed-point precision of Pillow's 8-bit resampling coefficients.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
@@ -146,6 +165,12 @@ pub fn resize_bicubic(image: &RgbImage, width: u32, height: u32) -> RgbImage {
 /// images, as diffusers' training scripts crop their targets.
 pub fn resize_bilinear(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     resize(image, width, height, &BILINEAR)
+}
+
+/// Pillow's `Image.resize(size, LANCZOS)`: diffusers' `VaeImageProcessor`
+/// (img2img's init image).
+pub fn resize_lanczos(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+    resize(image, width, height, &LANCZOS)
 }
 
 /// Resizes each image to `size`×`size` and stacks them as normalised

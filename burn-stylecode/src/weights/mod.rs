@@ -16,4 +16,4 @@ pub use load::{
     expected_tensors, find_prefix, load_module, norm_names, packed_projection, param_values, ExpectedTensor, KeyMap,
     Source,
 };
-pub use safetensors::TensorFile;
+pub use safetensors::{TensorFile, TensorPatch};

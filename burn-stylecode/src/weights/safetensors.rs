@@ -35,6 +35,17 @@ pub struct TensorFile {
     map: bytes::Bytes,
     data_start: usize,
     tensors: Arc<BTreeMap<String, TensorInfo>>,
+    metadata: Arc<BTreeMap<String, String>>,
+    patch: Option<Arc<dyn TensorPatch>>,
+}
+
+/// Changes to some tensors of a file, made in f32 as they are read, before
+/// the cast to the dtype asked for (LoRAs merged at load time).
+pub trait TensorPatch: Send + Sync {
+    /// Whether the tensor `key` (its full name in the file) is changed.
+    fn touches(&self, key: &str) -> bool;
+    /// Changes `values`, the tensor `key` of `shape` as f32, in place.
+    fn apply(&self, key: &str, shape: &[usize], values: &mut [f32]) -> Result<()>;
 }
 
 impl TensorFile {
@@ -47,7 +58,27 @@ impl TensorFile {
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
             .map_err(|e| Error::Safetensors { path: path.clone(), message: format!("{e:?}") })?;
         let tensors = metadata.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
-        Ok(Self { path, map: bytes::Bytes::from_owner(mmap), data_start: 8 + header_len, tensors: Arc::new(tensors) })
+        let text = metadata.metadata().clone().unwrap_or_default().into_iter().collect();
+        Ok(Self {
+            path,
+            map: bytes::Bytes::from_owner(mmap),
+            data_start: 8 + header_len,
+            tensors: Arc::new(tensors),
+            metadata: Arc::new(text),
+            patch: None,
+        })
+    }
+
+    /// The same file, with `patch` applied to the tensors it touches
+    /// whenever they are read.
+    pub fn with_patch(mut self, patch: Arc<dyn TensorPatch>) -> Self {
+        self.patch = Some(patch);
+        self
+    }
+
+    /// The header's `__metadata__` strings.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
     }
 
     pub fn path(&self) -> &Path {
@@ -93,6 +124,26 @@ impl TensorFile {
             *first /= parts;
         }
         let bytes = self.map.slice(range);
+        if let Some(patch) = self.patch.as_ref().filter(|p| p.touches(key)) {
+            if parts != 1 {
+                return Err(Error::BadBuffer {
+                    path: self.path.clone(),
+                    key: key.to_string(),
+                    message: "a patched tensor cannot be read as row blocks".into(),
+                });
+            }
+            let mut values = convert(&bytes, stored, DType::F32, shape.clone())
+                .and_then(|data| data.into_vec::<f32>().ok())
+                .expect("F32, F16 and BF16 decode to f32");
+            patch.apply(key, &shape, &mut values)?;
+            return convert(bytemuck::cast_slice(&values), DType::F32, dtype, shape).ok_or_else(|| {
+                Error::UnsupportedDtype {
+                    path: self.path.clone(),
+                    key: key.to_string(),
+                    dtype: format!("{dtype:?} (as a target)"),
+                }
+            });
+        }
         if stored == dtype && (bytes.as_ptr() as usize).is_multiple_of(dtype.size()) {
             return Ok(TensorData::from_bytes(Bytes::from_shared(bytes, AllocationProperty::File), shape, dtype));
         }
