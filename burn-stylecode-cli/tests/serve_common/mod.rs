@@ -105,6 +105,44 @@ impl Server {
         Reply::from(request.send_bytes(&body))
     }
 
+    /// A multipart upload over raw TCP whose body goes out from another
+    /// thread: a server that refuses it by its length answers (and closes)
+    /// before the body is sent, which an HTTP client writing first would
+    /// see as a broken pipe. Returns (status, body).
+    pub fn post_oversized(&self, path: &str, name: &str, size: usize) -> (u16, String) {
+        use std::io::Write;
+        let address = self.base.trim_start_matches("http://").to_string();
+        let boundary = "stylecodeoversized";
+        let head = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        );
+        let tail = format!("\r\n--{boundary}--\r\n");
+        let length = head.len() + size + tail.len();
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        let auth = self.token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Type: multipart/form-data; boundary={boundary}\r\n\
+             Content-Length: {length}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            let _ = writer.write_all(head.as_bytes());
+            let _ = writer.write_all(&vec![0u8; size]);
+            let _ = writer.write_all(tail.as_bytes());
+        });
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        let _ = sender.join();
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
     /// A job's server-sent events, (name, data), up to its last one.
     pub fn events(&self, job: u64) -> Vec<(String, Value)> {
         let response =
