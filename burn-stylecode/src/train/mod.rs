@@ -1,6 +1,7 @@
 //! Training of the StyleCodes model (the style autoencoder and the control
-//! branch), with PyTorch parity (issue 11; the run loop and the commands
-//! are still to come).
+//! branch) on a frozen SD1.5, with PyTorch parity: [`train`] runs it
+//! (`stylecode train`), [`checkpoint::export`] writes the result into a
+//! weights folder (`stylecode export`).
 //!
 //! [`data`] reads a `manifest.jsonl` dataset, crops targets as diffusers'
 //! scripts do, and orders and drops out samples reproducibly.
@@ -9,6 +10,8 @@
 //! compute them, with a state keyed by parameter path so that a checkpoint
 //! resumes into freshly loaded weights. [`step`] is the loss of one step:
 //! frozen networks off the tape, the autoencoder and control branch on it.
+//! [`cache`] computes the frozen encoders' outputs once; [`run`] is the loop
+//! with checkpoints ([`checkpoint`]) and validation ([`validate`]).
 
 pub mod cache;
 pub mod checkpoint;
