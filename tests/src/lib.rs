@@ -128,7 +128,8 @@ pub fn weights_copy() -> (tempfile::TempDir, WeightsDir) {
     (dir, weights)
 }
 
-fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+/// Copies a folder tree (small fixture folders).
+pub fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
     std::fs::create_dir_all(dst).unwrap();
     for entry in std::fs::read_dir(src).unwrap() {
         let entry = entry.unwrap();

@@ -73,8 +73,7 @@ fn config(data: &Path, steps: u64) -> TrainConfig {
 fn unit_scaled_weights() -> PathBuf {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     let dir = DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        copy_dir(weights().root(), dir.path());
+        let (dir, _) = weights_copy();
         let path = dir.path().join("sd15/vae/config.json");
         let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         config["scaling_factor"] = 1.0.into();
@@ -111,18 +110,6 @@ fn exported(run_dir: &Path, out: &Path, version: char) -> WeightsDir {
     }
     export(&find(run_dir, None).unwrap(), version, out).unwrap();
     WeightsDir::new(out)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        match entry.file_type().unwrap().is_dir() {
-            true => copy_dir(&entry.path(), &target),
-            false => drop(std::fs::copy(entry.path(), target).unwrap()),
-        }
-    }
 }
 
 /// Per-channel means of latents [N, 4, h, w], averaged over the batch.

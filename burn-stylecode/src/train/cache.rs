@@ -164,8 +164,7 @@ impl FeatureCache {
                     shard_entries: SHARD_ENTRIES,
                     shapes: shapes.clone(),
                 };
-                let json = serde_json::to_vec_pretty(&index).expect("the index serialises");
-                write_atomic(&index_path, &json)?;
+                write_atomic(&index_path, &super::checkpoint::json(&index))?;
                 shapes
             }
         };

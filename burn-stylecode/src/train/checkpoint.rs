@@ -195,7 +195,8 @@ pub fn export(checkpoint: &Checkpoint, version: char, out: &Path) -> Result<Path
     Ok(target)
 }
 
-fn json(value: &impl Serialize) -> Vec<u8> {
+/// Pretty JSON with a final newline, as the run's records are written.
+pub(crate) fn json(value: &impl Serialize) -> Vec<u8> {
     let mut bytes = serde_json::to_vec_pretty(value).expect("checkpoint records serialise");
     bytes.push(b'\n');
     bytes

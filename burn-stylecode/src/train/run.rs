@@ -450,9 +450,7 @@ fn check_run_dir(config: &TrainConfig, run_dir: &Path, resume: bool) -> Result<(
 fn write_config(config: &TrainConfig, run_dir: &Path) -> Result<()> {
     let path = run_dir.join(CONFIG);
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    let mut json = serde_json::to_vec_pretty(config).expect("the config serialises");
-    json.push(b'\n');
-    write_atomic(&path, &json)
+    write_atomic(&path, &checkpoint::json(config))
 }
 
 /// The trainable model's config: the weights folder's (its shapes, and for
