@@ -24,6 +24,11 @@ fn json() -> serde_json::Value {
 }
 
 fn model_and_frozen() -> (StyleCodesModel<Ad>, Frozen<Ad>) {
+    model_and_frozen_in(DType::F32)
+}
+
+/// The trainable model in f32 and the frozen networks in `frozen_dtype`.
+fn model_and_frozen_in(frozen_dtype: DType) -> (StyleCodesModel<Ad>, Frozen<Ad>) {
     let weights = weights();
     let sd15 = weights.sd15_dir();
     let base_config = UNetConfig::from_file(&sd15.join("unet").join("config.json")).unwrap();
@@ -32,7 +37,7 @@ fn model_and_frozen() -> (StyleCodesModel<Ad>, Frozen<Ad>) {
     config.autoencoder.dropout = 0.0;
     let file = TensorFile::open(weights.stylecodes_weights().unwrap()).unwrap();
     let model = StyleCodesModel::<Ad>::load(&config, &base_config, &file, DType::F32, &device()).unwrap();
-    let frozen = Frozen::load(&weights, DType::F32, &device()).unwrap();
+    let frozen = Frozen::load(&weights, frozen_dtype, &device()).unwrap();
     (model, frozen)
 }
 
@@ -40,7 +45,7 @@ fn micro_batch(file: &TensorFile, frozen: &Frozen<Ad>, k: usize) -> Batch<TestBa
     let key = |name: &str| format!("micro.{k}.{name}");
     let timesteps = file.read_f32(&key("timesteps")).unwrap().into_iter().map(|t| t as usize).collect();
     Batch {
-        style_features: frozen.style_features(tensor(file, &key("style_pixels"))),
+        style_features: frozen.style_features(tensor::<4>(file, &key("style_pixels")).cast(frozen.dtype())),
         context: frozen.sd.text_encoder.forward(tensor::<2>(file, &key("prompt_ids")).int()).last_hidden_state,
         latent_mean: tensor(file, &key("latent_mean")),
         latent_logvar: tensor(file, &key("latent_logvar")),
@@ -95,7 +100,7 @@ fn three_steps_match_the_pytorch_twin() {
     for step in 0..json["steps"].as_u64().unwrap() as usize {
         let mut accumulator = GradAccumulator::new();
         for micro in 0..accumulation {
-            let value = loss(&model, &frozen, &micro_batch(&file, &frozen, step * accumulation + micro), scale);
+            let value = loss(&model, frozen.base(), &micro_batch(&file, &frozen, step * accumulation + micro), scale);
             losses.push(values(value.clone().inner())[0]);
             accumulator.accumulate(Grads::from_backward((value / accumulation as f32).backward(), &model));
         }
@@ -155,11 +160,57 @@ fn three_steps_match_the_pytorch_twin() {
     assert_eq!(moved, parameters(&model).len(), "training moves every trainable tensor");
 }
 
+/// Mixed precision: the frozen networks and their activations in bf16 or
+/// f16, the trainable branch, its gradients and its update in f32. The loss
+/// and the gradients follow the f32 step within the half type's rounding.
+#[test]
+fn mixed_precision_keeps_f32_master_weights_and_tracks_the_f32_step() {
+    let file = reference("train_step.safetensors");
+    let expected_loss = file.read_f32("losses").unwrap()[0];
+    let (model, frozen) = model_and_frozen_in(DType::F32);
+    let reference_grads =
+        Grads::from_backward(loss(&model, frozen.base(), &micro_batch(&file, &frozen, 0), 1.0).backward(), &model);
+    let flat = |grads: &Grads<Ad>| -> Vec<f32> { grads.paths().flat_map(|p| values(grads.flat(p).unwrap())).collect() };
+    let reference_flat = flat(&reference_grads);
+    for (dtype, tolerance, min_cosine) in [(DType::BF16, 1e-2, 0.98), (DType::F16, 1e-3, 0.995)] {
+        let (model, frozen) = model_and_frozen_in(dtype);
+        let dtypes = |values: Vec<(String, Vec<usize>, burn::tensor::TensorData)>| -> Vec<String> {
+            let set: std::collections::BTreeSet<String> =
+                values.into_iter().map(|(_, _, data)| format!("{:?}", data.dtype)).collect();
+            set.into_iter().collect()
+        };
+        assert_eq!(dtypes(param_values(frozen.unet())), [format!("{dtype:?}")], "the frozen base runs in {dtype:?}");
+        let batch = micro_batch(&file, &frozen, 0);
+        let value = loss(&model, frozen.base(), &batch, 1.0);
+        assert_eq!(value.dtype(), DType::F32, "{dtype:?}: the loss is f32");
+        let actual = values(value.clone().inner())[0];
+        assert!(
+            actual.is_finite() && ((actual - expected_loss) / expected_loss).abs() < tolerance,
+            "{dtype:?}: loss {actual} against f32's {expected_loss}"
+        );
+        let grads = Grads::from_backward(value.backward(), &model);
+        assert_eq!(grads.len(), reference_grads.len(), "{dtype:?}: every trainable tensor gets a gradient");
+        for path in grads.paths() {
+            assert_eq!(grads.flat(path).unwrap().dtype(), DType::F32, "{dtype:?}: the gradient of {path} is f32");
+        }
+        let g = flat(&grads);
+        assert!(g.iter().all(|v| v.is_finite()), "{dtype:?}: non-finite gradients");
+        let dot: f64 = g.iter().zip(&reference_flat).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let cosine = dot / (norm(&g) * norm(&reference_flat));
+        assert!(cosine > min_cosine, "{dtype:?}: gradients point away from f32's (cosine {cosine})");
+        let mut optim = AdamW::<Ad>::new(AdamWConfig::new().with_lr(1e-3));
+        let stepped = optim.step(1e-3, model, grads);
+        assert_eq!(dtypes(param_values(&stepped)), ["F32"], "{dtype:?}: master weights stay f32");
+        println!("{dtype:?}: loss {actual} (f32 {expected_loss}), gradient cosine {cosine:.6}");
+    }
+}
+
 #[test]
 fn the_frozen_base_gets_no_gradient() {
     let (model, frozen) = model_and_frozen();
     let file = reference("train_step.safetensors");
-    let value = loss(&model, &frozen, &micro_batch(&file, &frozen, 0), 1.0);
+    let value = loss(&model, frozen.base(), &micro_batch(&file, &frozen, 0), 1.0);
     let gradients = value.backward();
     let base = Grads::<Ad>::from_backward(gradients, frozen.unet());
     assert!(base.is_empty(), "base UNet parameters with gradients: {:?}", base.paths().collect::<Vec<_>>());

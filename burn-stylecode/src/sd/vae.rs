@@ -271,6 +271,10 @@ impl<B: Backend> AutoencoderKL<B> {
         latents / self.scaling_factor + self.shift_factor
     }
 
+    pub fn shift_factor(&self) -> f64 {
+        self.shift_factor
+    }
+
     pub fn scaling_factor(&self) -> f64 {
         self.scaling_factor
     }

@@ -10,13 +10,14 @@
 //! proportion `s`, the conditioning scale: `h_base·(1-s) + mixed·s`. The
 //! control up sub-blocks see zeros where the base sees its skips.
 
-use crate::nn::{image_to_tokens, tokens_to_image, Linear, LinearConfig};
+use crate::nn::{image_to_tokens, in_dtype, tokens_to_image, Linear, LinearConfig};
 use crate::sd::unet_2d::{PerBlock, UNet2DConditionModel, UNetConfig};
 use crate::sd::unet_2d_blocks::{MidBlock2DCrossAttn, UpBlock2D, UpSubBlocks};
 use crate::sd::unet_hook::{HookInputs, UNetHook, UpStep};
 use burn::module::Module;
 use burn::nn::Initializer;
 use burn::prelude::*;
+use burn::tensor::DType;
 use serde::{Deserialize, Serialize};
 
 /// How the mixing layers start out (training only; loading overwrites them).
@@ -102,9 +103,13 @@ impl<B: Backend> Mixer<B> {
     }
 
     /// Mixes the two branches; returns the new `(h_ctrl, h_base)` with the
-    /// base blended by `scale`.
+    /// base blended by `scale`. The mixing runs in the branch's dtype, and
+    /// the base's state comes back in its own (they differ under mixed
+    /// precision: a half-precision base, an f32 branch).
     pub fn forward(&self, h_ctrl: Tensor<B, 4>, h_base: Tensor<B, 4>, scale: f64) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [_, _, height, width] = h_ctrl.dims();
+        let base_dtype = h_base.dtype();
+        let h_base = in_dtype(h_base, h_ctrl.dtype());
         let both = image_to_tokens(Tensor::cat(vec![h_ctrl, h_base.clone()], 1));
         let mut mixed = self.linear.forward(both.clone());
         if self.residual {
@@ -113,7 +118,7 @@ impl<B: Backend> Mixer<B> {
         let mixed = tokens_to_image(mixed, height, width);
         let mut halves = mixed.chunk(2, 1).into_iter();
         let (h_ctrl, h_base_out) = (halves.next().unwrap(), halves.next().unwrap());
-        (h_ctrl, h_base * (1.0 - scale) + h_base_out * scale)
+        (h_ctrl, in_dtype(h_base * (1.0 - scale) + h_base_out * scale, base_dtype))
     }
 }
 
@@ -137,7 +142,7 @@ impl<B: Backend> StyleControl<B> {
 
     /// The branch as a hook on the base UNet's forward pass.
     pub fn hook(&self, style: Tensor<B, 4>, scale: f64) -> ControlHook<'_, B> {
-        ControlHook { control: self, style: Some(style), h_ctrl: None, scale }
+        ControlHook { control: self, style: Some(style), h_ctrl: None, scale, inputs: None }
     }
 }
 
@@ -152,12 +157,24 @@ pub struct ControlHook<'a, B: Backend> {
     /// The branch's hidden state since the mid block.
     h_ctrl: Option<Tensor<B, 4>>,
     scale: f64,
+    /// The base's time embedding and text context in the branch's dtype,
+    /// cast once per step.
+    inputs: Option<(Tensor<B, 2>, Tensor<B, 3>)>,
+}
+
+impl<B: Backend> ControlHook<'_, B> {
+    fn branch_inputs(&mut self, inputs: &HookInputs<'_, B>, dtype: DType) -> (Tensor<B, 2>, Tensor<B, 3>) {
+        self.inputs
+            .get_or_insert_with(|| (in_dtype(inputs.temb.clone(), dtype), in_dtype(inputs.context.clone(), dtype)))
+            .clone()
+    }
 }
 
 impl<B: Backend> UNetHook<B> for ControlHook<'_, B> {
     fn after_mid(&mut self, h_base: Tensor<B, 4>, inputs: &HookInputs<'_, B>) -> Tensor<B, 4> {
         let style = self.style.take().expect("the mid block runs once per step");
-        let h_ctrl = self.control.mid_block.forward(style, inputs.temb, inputs.context);
+        let (temb, context) = self.branch_inputs(inputs, style.dtype());
+        let h_ctrl = self.control.mid_block.forward(style, &temb, &context);
         let (h_ctrl, h_base) = self.control.middle_block_out.forward(h_ctrl, h_base, self.scale);
         self.h_ctrl = Some(h_ctrl);
         h_base
@@ -166,11 +183,12 @@ impl<B: Backend> UNetHook<B> for ControlHook<'_, B> {
     fn after_up(&mut self, step: UpStep, h_base: Tensor<B, 4>, inputs: &HookInputs<'_, B>) -> Tensor<B, 4> {
         let h_ctrl = self.h_ctrl.take().expect("the mid block runs before the up blocks");
         let no_skip = Tensor::zeros(step.skip_dims, (&h_ctrl.device(), h_ctrl.dtype()));
+        let (temb, context) = self.branch_inputs(inputs, h_ctrl.dtype());
         let h_ctrl = self.control.up_blocks.sub_block(
             step.index,
             Tensor::cat(vec![h_ctrl, no_skip], 1),
-            inputs.temb,
-            inputs.context,
+            &temb,
+            &context,
             step.upsample_to,
         );
         let (h_ctrl, h_base) = self.control.up_zero_convs_out[step.index].forward(h_ctrl, h_base, self.scale);

@@ -239,11 +239,6 @@ pub fn train<B: AutodiffBackend>(
     mut on_event: impl FnMut(Event),
 ) -> Result<Summary> {
     config.check()?;
-    if config.mixed_precision != MixedPrecision::No {
-        return Err(Error::InvalidRequest(
-            "--mixed-precision bf16/f16 is not implemented yet; train with --mixed-precision no (f32)".into(),
-        ));
-    }
     check_run_dir(config, run_dir, resume)?;
     let options = DatasetOptions { resolution: config.resolution, skip_bad: config.skip_bad };
     let (dataset, skipped) = Dataset::open(&config.data, &options)?;
@@ -317,7 +312,7 @@ pub fn train<B: AutodiffBackend>(
             let indices = order.next_batch(config.batch_size);
             let batch = features.batch(&frozen, &dataset, &indices, &dropout, config.seed, micro_step)?;
             B::seed(device, keyed_rng(b"backend\0", config.seed, micro_step).random());
-            let value = loss(&model, &frozen, &batch, config.style_scale);
+            let value = loss(&model, frozen.base(), &batch, config.style_scale);
             let host = value
                 .clone()
                 .inner()

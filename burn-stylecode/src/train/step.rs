@@ -13,7 +13,7 @@
 use crate::error::{Error, Result};
 use crate::pipeline::WeightsDir;
 use crate::sd::pipeline::StableDiffusion;
-use crate::sd::schedulers::train_alphas_cumprod;
+use crate::sd::schedulers::{train_alphas_cumprod, SchedulerConfig};
 use crate::sd::unet_2d::{DownPath, UNet2DConditionModel};
 use crate::siglip::SiglipVisionTransformer;
 use crate::style::autoencoder::straight_through;
@@ -25,15 +25,54 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::DType;
 use std::path::PathBuf;
 
+/// The frozen base UNet as the step uses it: off the tape up to its mid
+/// block, on the tape (without gradients of its own) after it, with the
+/// training noise schedule and the VAE → diffusion latent map.
+pub struct TrainBase<B: AutodiffBackend> {
+    inner: UNet2DConditionModel<B::InnerBackend>,
+    /// The same UNet on the tape; `from_inner` shares the parameters'
+    /// storage, so there is no second copy of the weights.
+    tape: UNet2DConditionModel<B>,
+    /// ᾱ_t of every training timestep.
+    alphas_cumprod: Vec<f32>,
+    /// Diffusion latents are `scaling_factor × (z − shift_factor)`.
+    scaling_factor: f64,
+    shift_factor: f64,
+    /// The UNet's dtype: the frozen half of mixed precision.
+    dtype: DType,
+}
+
+impl<B: AutodiffBackend> TrainBase<B> {
+    /// `unet`, loaded in `dtype`, with `scheduler`'s training schedule.
+    pub fn new(
+        unet: UNet2DConditionModel<B::InnerBackend>,
+        dtype: DType,
+        scheduler: &SchedulerConfig,
+        scaling_factor: f64,
+        shift_factor: f64,
+    ) -> Result<Self> {
+        let alphas_cumprod = train_alphas_cumprod(scheduler)
+            .map_err(|e| Error::Incompatible(format!("the training noise schedule: {e}")))?;
+        let tape = UNet2DConditionModel::from_inner(unet.clone()).no_grad();
+        Ok(Self { inner: unet, tape, alphas_cumprod, scaling_factor, shift_factor, dtype })
+    }
+
+    /// The base UNet on the tape.
+    pub fn unet(&self) -> &UNet2DConditionModel<B> {
+        &self.tape
+    }
+
+    pub fn num_train_timesteps(&self) -> usize {
+        self.alphas_cumprod.len()
+    }
+}
+
 /// The borrowed, frozen networks of a training run.
 pub struct Frozen<B: AutodiffBackend> {
     pub siglip: SiglipVisionTransformer<B::InnerBackend>,
     /// The tokenizer, text encoder, VAE and base UNet, off the tape.
     pub sd: StableDiffusion<B::InnerBackend>,
-    /// The same base UNet on the tape (its up path), without gradients of its own.
-    unet: UNet2DConditionModel<B>,
-    /// ᾱ_t of every training timestep.
-    alphas_cumprod: Vec<f32>,
+    base: TrainBase<B>,
     /// SigLIP's input side.
     image_size: u32,
     dtype: DType,
@@ -48,10 +87,13 @@ impl<B: AutodiffBackend> Frozen<B> {
         let siglip = SiglipVisionTransformer::from_hf_dir(&weights.siglip_dir(), dtype, device)?;
         let sd15 = weights.sd15_dir();
         let sd = StableDiffusion::load(&sd15, dtype, device)?;
-        let alphas_cumprod = train_alphas_cumprod(&sd.scheduler_config)
-            .map_err(|e| Error::Incompatible(format!("the training noise schedule: {e}")))?;
-        // `from_inner` shares the parameters' storage: no second copy of the weights.
-        let unet = UNet2DConditionModel::from_inner(sd.unet.clone()).no_grad();
+        let base = TrainBase::new(
+            sd.unet.clone(),
+            dtype,
+            &sd.scheduler_config,
+            sd.vae.scaling_factor(),
+            sd.vae.shift_factor(),
+        )?;
         let mut sources = Vec::new();
         for dir in [weights.siglip_dir(), sd15.join("text_encoder"), sd15.join("tokenizer"), sd15.join("vae")] {
             let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -59,7 +101,12 @@ impl<B: AutodiffBackend> Frozen<B> {
             files.sort();
             sources.extend(files);
         }
-        Ok(Self { siglip, sd, unet, alphas_cumprod, image_size: siglip_config.image_size as u32, dtype, sources })
+        Ok(Self { siglip, sd, base, image_size: siglip_config.image_size as u32, dtype, sources })
+    }
+
+    /// The base UNet and schedule the step trains against.
+    pub fn base(&self) -> &TrainBase<B> {
+        &self.base
     }
 
     pub fn dtype(&self) -> DType {
@@ -76,11 +123,11 @@ impl<B: AutodiffBackend> Frozen<B> {
     }
 
     pub fn unet(&self) -> &UNet2DConditionModel<B> {
-        &self.unet
+        self.base.unet()
     }
 
     pub fn num_train_timesteps(&self) -> usize {
-        self.alphas_cumprod.len()
+        self.base.num_train_timesteps()
     }
 
     /// SigLIP's penultimate features [N, T, D] of preprocessed style images.
@@ -133,23 +180,26 @@ pub struct Batch<B: Backend> {
 /// branch mixing in with conditioning scale `scale`.
 pub fn loss<B: AutodiffBackend>(
     model: &StyleCodesModel<B>,
-    frozen: &Frozen<B>,
+    base: &TrainBase<B>,
     batch: &Batch<B::InnerBackend>,
     scale: f64,
 ) -> Tensor<B, 1> {
     let device = batch.noise.device();
     let [n, channels, height, width] = batch.noise.dims();
-    let dtype = model.autoencoder.tgt_init.val().dtype();
+    // Mixed precision: the frozen base and its activations in `half` (f32
+    // without mixed precision), the trainable branch in its master dtype.
+    let master = model.autoencoder.tgt_init.val().dtype();
+    let half = base.dtype;
 
     // Frozen, off the tape.
-    let context = batch.context.clone().cast(dtype);
+    let context = batch.context.clone().cast(half);
     // The posterior sample in the UNet's space (`vae.config.scaling_factor`).
-    let z0 = frozen.sd.vae.to_diffusion(
-        batch.latent_mean.clone() + (batch.latent_logvar.clone() * 0.5).exp() * batch.posterior_noise.clone(),
-    );
+    let z0 = (batch.latent_mean.clone() + (batch.latent_logvar.clone() * 0.5).exp() * batch.posterior_noise.clone()
+        - base.shift_factor)
+        * base.scaling_factor;
     let per_sample =
         |values: Vec<f32>| Tensor::<B::InnerBackend, 1>::from_floats(values.as_slice(), &device).reshape([n, 1, 1, 1]);
-    let abar: Vec<f32> = batch.timesteps.iter().map(|&t| frozen.alphas_cumprod[t]).collect();
+    let abar: Vec<f32> = batch.timesteps.iter().map(|&t| base.alphas_cumprod[t]).collect();
     let signal = per_sample(abar.iter().map(|a| a.sqrt()).collect());
     let noise_level = per_sample(abar.iter().map(|a| (1.0 - a).sqrt()).collect());
     let noisy = z0 * signal + batch.noise.clone() * noise_level;
@@ -157,14 +207,14 @@ pub fn loss<B: AutodiffBackend>(
         batch.timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>().as_slice(),
         &device,
     )
-    .cast(dtype);
-    let down = frozen.sd.unet.down_path(noisy.cast(dtype), t, &context);
+    .cast(half);
+    let down = base.inner.down_path(noisy.cast(half), t, &context);
 
     // Trainable, on the tape.
-    let latent = model.autoencoder.encode(Tensor::from_inner(batch.style_features.clone().cast(dtype)));
+    let latent = model.autoencoder.encode(Tensor::from_inner(batch.style_features.clone().cast(master)));
     let keep: Tensor<B, 2> = Tensor::from_inner(batch.keep_style.clone());
-    let latent = straight_through(latent) * keep.cast(dtype);
-    let [grid_h, grid_w] = mid_grid(frozen.unet(), [height, width]);
+    let latent = straight_through(latent) * keep.cast(master);
+    let [grid_h, grid_w] = mid_grid(base.unet(), [height, width]);
     let style = model.autoencoder.decode(latent, grid_h, grid_w);
     let context = Tensor::from_inner(context);
     let down = DownPath {
@@ -172,7 +222,7 @@ pub fn loss<B: AutodiffBackend>(
         skips: down.skips.into_iter().map(Tensor::from_inner).collect(),
         temb: Tensor::from_inner(down.temb),
     };
-    let predicted = frozen.unet().up_path(down, &context, &mut model.control.hook(style, scale));
+    let predicted = base.unet().up_path(down, &context, &mut model.control.hook(style, scale));
     debug_assert_eq!(predicted.dims(), [n, channels, height, width]);
     let error = predicted.cast(DType::F32) - Tensor::from_inner(batch.noise.clone());
     error.powf_scalar(2.0).mean()
