@@ -12,9 +12,9 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 
-/// f16-rounded weights against the f32 reference, of its scale: a few
-/// roundings of 4.9e-4 through the tiny encoder.
-const F16_WEIGHTS_TOL: f32 = 5e-3;
+/// f16-rounded weights against the f32 reference, of its scale: f16 keeps
+/// 11 bits (4.9e-4 relative per weight); measured 5.4e-4 here.
+const F16_WEIGHTS_TOL: f32 = 2e-3;
 
 fn text_encoder_dir() -> PathBuf {
     weights().sd15_dir().join("text_encoder")
@@ -133,8 +133,7 @@ fn unprefixed_checkpoint_loads() {
 
 /// f16 storage reads as exactly its values: the model equals one loaded
 /// from f32 storage of the same f16-rounded values, bit for bit. Against the
-/// f32 reference only the rounding of the weights is left (measured 1.1e-3
-/// of the scale; f16 keeps 11 bits, 4.9e-4 per value).
+/// f32 reference only the rounding of the weights is left.
 #[test]
 fn f16_checkpoint_loads_exactly_its_values() {
     let dir = tempfile::tempdir().unwrap();

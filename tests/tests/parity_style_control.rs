@@ -209,7 +209,11 @@ fn assert_untouched_at_any_scale(mix_init: MixInit) {
     let (codes, unet) = (with_fresh_mixers(mix_init), tiny_unet());
     let plain = plain_step(&unet, &step);
     for scale in [0.0, 0.3, 0.9, 1.0] {
-        let error = relative_error(&format!("{mix_init:?} at {scale}"), styled_step(&codes, &unet, &step, scale), plain.clone());
+        let error = relative_error(
+            &format!("{mix_init:?} at {scale}"),
+            styled_step(&codes, &unet, &step, scale),
+            plain.clone(),
+        );
         println!("{mix_init:?} at scale {scale}: relative difference {error:e}");
         // Only the blend h·(1-s) + h·s rounds.
         assert!(error <= 1e-5, "{mix_init:?} mixers change the base at scale {scale}: {error:e}");

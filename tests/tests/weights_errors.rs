@@ -110,6 +110,22 @@ fn positional_buffer_is_checked() {
     );
     let error = load_ae(&path).unwrap_err();
     assert!(matches!(&error, Error::BadBuffer { key, .. } if key == "sref_autoencoder.pos_encoder.pe"), "{error}");
+    // A NaN is no match either (a plain max of the differences skips it).
+    let (_dir, path) = rewritten(
+        |(name, shape, mut values)| {
+            if name == "sref_autoencoder.pos_encoder.pe" {
+                values[100] = f32::NAN;
+            }
+            Some((name, shape, values))
+        },
+        vec![],
+    );
+    let error = load_ae(&path).unwrap_err();
+    assert!(
+        matches!(&error, Error::BadBuffer { key, .. } if key == "sref_autoencoder.pos_encoder.pe")
+            && error.to_string().contains("value 100 is NaN"),
+        "{error}"
+    );
     // Without the buffer at all, it loads.
     let (_dir, path) = rewritten(|e| (!e.0.ends_with("pos_encoder.pe")).then_some(e), vec![]);
     load_ae(&path).unwrap();
@@ -118,7 +134,7 @@ fn positional_buffer_is_checked() {
 /// Under a `controlnet.` prefix and in f16, the autoencoder loads exactly the
 /// stored values: it equals the unprefixed f32 file of the same f16-rounded
 /// values, bit for bit. Against the f32 reference only the weights' rounding
-/// is left (measured 1.2e-3 of the scale).
+/// is left: measured 7.8e-4 of the scale (f16 keeps 11 bits, 4.9e-4 per weight).
 #[test]
 fn controlnet_prefix_and_f16_storage_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -140,7 +156,7 @@ fn controlnet_prefix_and_f16_storage_load() {
     let latent = load(&f16).encode(tensor(&reference, "src"));
     let same = load(&rounded).encode(tensor(&reference, "src"));
     assert_within("f16 file vs f32 file of its values", latent.clone(), same, 0.0);
-    assert_within("f16 weights vs f32 reference", latent, tensor(&reference, "latent"), 5e-3);
+    assert_within("f16 weights vs f32 reference", latent, tensor(&reference, "latent"), 2e-3);
 }
 
 #[test]
