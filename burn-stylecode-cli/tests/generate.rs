@@ -1,5 +1,8 @@
 //! `stylecode generate` end to end on the tiny fixture weights (CPU).
 
+use burn_stylecode::sd::schedulers::SchedulerKind;
+use burn_stylecode::Style;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -243,4 +246,59 @@ fn f16_runs_every_network_and_stays_close_to_f32() {
         eprintln!("{name}: f16 vs f32 pixels: mean |diff| {mean:.3}, max {max}");
         assert!(mean <= 1.0 && max <= 8, "{name}: f16 strays from f32: mean |diff| {mean:.3}, max {max}");
     }
+}
+
+/// The images the library's `StyleCodes::generate` makes for the request the
+/// command line below asks for. That handle runs the pipeline tested against
+/// diffusers (`tests/tests/pipeline.rs`, `parity_style_control.rs`), so equal
+/// pixels tie the CLI to the references.
+fn library_pixels(style: Style, num: usize) -> Vec<Vec<u8>> {
+    use burn_stylecode::{GenerateRequest, GenerateSettings, ImageSpec, StyleCodes};
+    use burn_stylecode_tests::{device, weights, TestBackend};
+    let styles = StyleCodes::<TestBackend>::new(weights(), burn::tensor::DType::F32, device());
+    let settings = GenerateSettings {
+        steps: 3,
+        scheduler: SchedulerKind::EulerAncestral,
+        width: 48,
+        height: 32,
+        style_scale: 0.8,
+        ..GenerateSettings::default()
+    };
+    let spec = ImageSpec { prompt: "a lighthouse at dusk".into(), negative: "blurry".into(), seed: 11, style };
+    let made = styles.generate(&GenerateRequest::repeated(spec, num, settings), |_| ControlFlow::Continue(())).unwrap();
+    made.into_iter().map(|image| image.image.into_raw()).collect()
+}
+
+/// Equal pixels, or a failure saying how many differ and by how much.
+fn assert_same_pixels(what: &str, actual: &[u8], expected: &[u8]) {
+    assert_eq!(actual.len(), expected.len(), "{what}: size");
+    let differ = actual.iter().zip(expected).filter(|(a, b)| a != b).count();
+    let worst = actual.iter().zip(expected).map(|(&a, &b)| a.abs_diff(b)).max().unwrap_or(0);
+    assert_eq!(differ, 0, "{what}: {differ} of {} values differ, by up to {worst} levels", actual.len());
+}
+
+#[test]
+fn generated_pixels_are_the_library_pipelines() {
+    let dir = tempfile::tempdir().unwrap();
+    let common = ["--seed", "11", "--negative", "blurry", "--scheduler", "euler-a", "--dtype", "f32"];
+    let plain = dir.path().join("plain.png");
+    ok(&generate(&plain, &common));
+    let expected = library_pixels(Style::None, 1);
+    assert_same_pixels("plain", &pixels(&plain), &expected[0]);
+
+    // Two styled images in one batch (as the library request runs them):
+    // image 2 takes seed 12, in the CLI as in the library.
+    let styled = dir.path().join("styled.png");
+    ok(&generate(
+        &styled,
+        &[&common[..], &["--style", CODE_A, "--style-scale", "0.8", "--num", "2", "--batch-size", "2"]].concat(),
+    ));
+    let expected_styled = library_pixels(Style::Codes(vec![CODE_A.parse().unwrap()]), 2);
+    for (k, expected) in expected_styled.iter().enumerate() {
+        let path = dir.path().join(format!("styled-{}.png", k + 1));
+        assert_same_pixels(&format!("styled image {}", k + 1), &pixels(&path), expected);
+    }
+    // The comparison can fail: the style and the seed change the pixels.
+    assert_ne!(expected_styled[0], expected[0]);
+    assert_ne!(expected_styled[0], expected_styled[1]);
 }

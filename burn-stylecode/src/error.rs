@@ -113,6 +113,12 @@ pub enum CodeError {
     TrailingBits { code: String, position: usize },
     #[error("value {value} at index {index} is over the 6-bit maximum 63")]
     Value { index: usize, value: u8 },
+    /// A latent value with no code (NaN, ±inf: a broken network or input).
+    #[error(
+        "latent value {index} is {value}, which has no code: NaN or infinite latents come from broken \
+         weights or an f16 overflow"
+    )]
+    NonFinite { index: usize, value: String },
 }
 
 /// Why codes cannot be blended.

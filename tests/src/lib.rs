@@ -64,21 +64,72 @@ pub fn assert_close<const D: usize>(
     actual: Tensor<TestBackend, D>,
     expected: Tensor<TestBackend, D>,
 ) -> f32 {
+    assert_within(what, actual, expected, REL_TOL)
+}
+
+/// [`assert_close`] with another tolerance (f16 storage, 8-bit images).
+pub fn assert_within<const D: usize>(
+    what: &str,
+    actual: Tensor<TestBackend, D>,
+    expected: Tensor<TestBackend, D>,
+    tolerance: f32,
+) -> f32 {
     assert_eq!(actual.dims(), expected.dims(), "{what}: shape");
-    let actual = actual.into_data().into_vec::<f32>().unwrap();
-    let expected = expected.into_data().into_vec::<f32>().unwrap();
-    assert_close_values(what, &actual, &expected)
+    assert_values_within(what, &values(actual), &values(expected), tolerance)
 }
 
 pub fn assert_close_values(what: &str, actual: &[f32], expected: &[f32]) -> f32 {
+    assert_values_within(what, actual, expected, REL_TOL)
+}
+
+pub fn assert_values_within(what: &str, actual: &[f32], expected: &[f32], tolerance: f32) -> f32 {
+    let relative = relative_error_values(what, actual, expected);
+    eprintln!("parity {what}: max relative error {relative:.2e}");
+    assert!(relative <= tolerance, "{what}: max error is {relative:e} of the reference's scale (> {tolerance:e})");
+    relative
+}
+
+/// max |actual - expected| / max |expected|, with no bound; panics (naming
+/// `what` and the index) on any NaN or infinity in either, which a plain
+/// `max` would skip.
+pub fn relative_error<const D: usize>(
+    what: &str,
+    actual: Tensor<TestBackend, D>,
+    expected: Tensor<TestBackend, D>,
+) -> f32 {
+    assert_eq!(actual.dims(), expected.dims(), "{what}: shape");
+    relative_error_values(what, &values(actual), &values(expected))
+}
+
+/// [`relative_error`] of host values.
+pub fn relative_error_values(what: &str, actual: &[f32], expected: &[f32]) -> f32 {
     assert_eq!(actual.len(), expected.len(), "{what}: length");
+    assert_finite(&format!("{what}: output"), actual);
+    assert_finite(&format!("{what}: reference"), expected);
     let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
     let worst = actual.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(actual.iter().all(|x| x.is_finite()), "{what}: non-finite output");
-    let relative = worst / scale;
-    eprintln!("parity {what}: max relative error {relative:.2e}");
-    assert!(relative <= REL_TOL, "{what}: max error {worst} is {relative:e} of the scale {scale} (> {REL_TOL:e})");
-    relative
+    worst / scale
+}
+
+/// Panics unless every value is finite, naming the first that is not.
+pub fn assert_finite(what: &str, values: &[f32]) {
+    if let Some((index, value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        let count = values.iter().filter(|v| !v.is_finite()).count();
+        panic!("{what}: value {index} is {value} ({count} of {} not finite)", values.len());
+    }
+}
+
+/// A tensor's values on the host, as f32.
+pub fn values<const D: usize>(tensor: Tensor<TestBackend, D>) -> Vec<f32> {
+    tensor.into_data().convert::<f32>().into_vec::<f32>().unwrap()
+}
+
+/// The backend's RNG is process-wide: a test that seeds it and expects the
+/// same draws holds this lock from the seed to its last draw, and so does
+/// every other test of its binary that draws (model init, random tensors).
+pub fn backend_rng() -> std::sync::MutexGuard<'static, ()> {
+    static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    BACKEND_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One tensor of a safetensors file being rewritten: name, shape, f32 values.
@@ -120,6 +171,12 @@ pub fn rewrite_safetensors(
     safetensors::serialize_to_file(views, None, dst).unwrap();
 }
 
+/// An edit for [`rewrite_safetensors`]: every value rounded to f16 and back,
+/// so an f32 file holds exactly what an f16 copy stores.
+pub fn round_through_f16((name, shape, values): Entry) -> Option<Entry> {
+    Some((name, shape, values.into_iter().map(|v| half::f16::from_f32(v).to_f32()).collect()))
+}
+
 /// A copy of the tiny weights folder in a temporary directory, to break.
 pub fn weights_copy() -> (tempfile::TempDir, WeightsDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -139,5 +196,49 @@ pub fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
         } else {
             std::fs::copy(entry.path(), target).unwrap();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "x: reference: value 1 is NaN (1 of 3 not finite)")]
+    fn a_nan_in_the_reference_fails() {
+        assert_close_values("x", &[1.0, 2.0, 3.0], &[1.0, f32::NAN, 3.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "x: output: value 2 is NaN")]
+    fn a_nan_in_the_output_fails() {
+        assert_close_values("x", &[1.0, 2.0, f32::NAN], &[1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "x: output: value 0 is -inf")]
+    fn an_infinity_fails() {
+        assert_values_within("x", &[f32::NEG_INFINITY, 2.0], &[1.0, 2.0], f32::INFINITY);
+    }
+
+    #[test]
+    #[should_panic(expected = "t: output: value 1 is NaN")]
+    fn a_nan_tensor_fails_the_unbounded_comparison() {
+        let nan = Tensor::<TestBackend, 1>::from_floats([0.5, f32::NAN], &device());
+        relative_error("t", nan.clone(), nan.ones_like());
+    }
+
+    #[test]
+    fn the_bound_is_relative_to_the_reference_scale() {
+        assert_eq!(relative_error_values("x", &[1.0, 4.5], &[1.0, 4.0]), 0.125);
+        assert_values_within("x", &[2.0, 4.0], &[2.0, 4.0], 0.0);
+    }
+
+    /// Why the comparisons read values back: burn-flex 0.21's `max` skips
+    /// NaN, so a device-side `(a - b).abs().max()` passes a NaN output.
+    #[test]
+    fn the_backend_max_skips_nan() {
+        let values = Tensor::<TestBackend, 1>::from_floats([0.5, f32::NAN, 0.25], &device());
+        assert_eq!(values.abs().max().into_scalar(), 0.5);
     }
 }

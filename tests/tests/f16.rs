@@ -33,16 +33,7 @@ fn assert_f16_close<const D: usize>(
     expected: Tensor<TestBackend, D>,
 ) -> f32 {
     assert_eq!(actual.dtype(), DType::F16, "{what}: the network left f16");
-    assert_eq!(actual.dims(), expected.dims(), "{what}: shape");
-    let actual = actual.cast(DType::F32).into_data().into_vec::<f32>().unwrap();
-    let expected = expected.into_data().into_vec::<f32>().unwrap();
-    let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
-    let worst = actual.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    let relative = worst / scale;
-    eprintln!("f16 {what}: max relative error {relative:.2e}");
-    assert!(actual.iter().all(|x| x.is_finite()), "{what}: non-finite output");
-    assert!(relative <= F16_TOL, "{what}: max error {worst} is {relative:e} of the scale {scale} (> {F16_TOL:e})");
-    relative
+    assert_within(&format!("f16 {what}"), actual.cast(DType::F32), expected, F16_TOL)
 }
 
 #[test]

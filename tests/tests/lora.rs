@@ -43,9 +43,7 @@ fn assert_merged(prefix: &str, specs: &[LoraSpec]) -> usize {
         let actual = file.read_f32(&key).unwrap();
         let base = if key.starts_with("text_model.") { files(&[]).unwrap().1 } else { files(&[]).unwrap().0 };
         assert_ne!(base.read_f32(&key).unwrap(), expected, "{key}: the reference changes it");
-        let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let worst = actual.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst <= 1e-6 * scale, "{prefix}{key}: max error {worst} of scale {scale}");
+        assert_values_within(&format!("{prefix}{key}"), &actual, &expected, 1e-6);
         compared += 1;
     }
     compared
@@ -103,9 +101,7 @@ fn loras_add_up_with_their_own_unet_and_text_weights() {
             }
         }
         let actual = file.read_f32(&key).unwrap();
-        let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let worst = actual.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst <= 1e-5 * scale, "{key}: max error {worst} of scale {scale}");
+        assert_values_within(&key, &actual, &expected, 1e-5);
     }
 }
 

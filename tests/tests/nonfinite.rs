@@ -2,6 +2,7 @@
 //! error naming the stage and the step, instead of a black or noise image.
 
 use burn::tensor::DType;
+use burn_stylecode::style::code::CodeError;
 use burn_stylecode::{Error, GenerateRequest, GenerateSettings, ImageSpec, Style, StyleCodes, WeightsDir};
 use burn_stylecode_tests::*;
 
@@ -61,4 +62,29 @@ fn infinity_out_of_the_vae_names_the_vae() {
 #[test]
 fn intact_weights_generate() {
     assert_eq!(generate(weights()).unwrap(), 1);
+}
+
+/// A NaN out of the style encoder is an error naming the latent value, not
+/// a valid-looking code (clamping used to make it value 0).
+#[test]
+fn nan_out_of_the_style_encoder_is_an_error_not_a_code() {
+    let (_dir, weights) = weights_copy();
+    let path = weights.stylecodes_weights().unwrap();
+    let original = fixtures().join("weights/stylecodes/stylecodes.safetensors");
+    let edit = |(name, shape, mut values): Entry| {
+        // The last layer's bias: only latent value 7 becomes NaN.
+        if name == "sref_autoencoder.latent_norm.bias" {
+            values[7] = f32::NAN;
+        }
+        Some((name, shape, values))
+    };
+    rewrite_safetensors(&original, &path, edit, vec![], safetensors::Dtype::F32);
+    let image = burn_stylecode::siglip::preprocess::load_rgb(fixtures().join("images/drawing.png")).unwrap();
+    let styles = StyleCodes::<TestBackend>::new(weights, DType::F32, device());
+    match styles.encode(&[image]) {
+        Err(error @ Error::Code(CodeError::NonFinite { index: 7, .. })) => {
+            assert!(error.to_string().contains("latent value 7 is NaN"), "{error}");
+        }
+        other => panic!("expected a NonFinite code error for value 7, got {other:?}"),
+    }
 }

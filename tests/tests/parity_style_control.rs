@@ -63,12 +63,6 @@ fn plain_step(unet: &UNet2DConditionModel<B>, step: &Step) -> Tensor<B, 4> {
     unet.forward(step.sample.clone(), step.timesteps.clone(), step.context.clone())
 }
 
-/// max |a - b| / max |b|, without a bound.
-fn relative_error(actual: Tensor<B, 4>, expected: Tensor<B, 4>) -> f32 {
-    let scale = expected.clone().abs().max().into_scalar();
-    (actual - expected).abs().max().into_scalar() / scale
-}
-
 #[test]
 fn one_step_matches_the_official_wiring() {
     let reference = reference("style_control.safetensors");
@@ -79,7 +73,7 @@ fn one_step_matches_the_official_wiring() {
     let error = assert_close("scale 0.9", styled.clone(), tensor(&reference, "noise_scale_0.9"));
     println!("scale {scale}: max relative error {error:e}");
     // The style does change the prediction (so the comparison can fail).
-    assert!(relative_error(styled, tensor(&reference, "noise_plain")) > 0.05);
+    assert!(relative_error("styled vs plain", styled, tensor(&reference, "noise_plain")) > 0.05);
 
     // Scale 0: the release's wiring gives the plain UNet's prediction exactly.
     let unstyled = styled_step(&codes, &unet, &step, 0.0);
@@ -94,7 +88,7 @@ fn scale_zero_is_the_plain_unet() {
     let (codes, unet) = (load_codes(&weights()).unwrap(), tiny_unet());
     let unstyled = styled_step(&codes, &unet, &step, 0.0);
     let plain = plain_step(&unet, &step);
-    let error = relative_error(unstyled, plain);
+    let error = relative_error("scale 0 vs plain", unstyled, plain);
     println!("scale 0 vs plain UNet: relative difference {error:e}");
     assert!(error <= 1e-6, "scale 0 differs from the plain UNet by {error:e}");
 }
@@ -128,7 +122,7 @@ fn styled_ddim_loop_matches() {
     // Without the style the loop ends elsewhere.
     let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
     let plain = sd.denoise(noise, &context, &settings, &mut [], predict, |_, _| ControlFlow::Continue(())).unwrap();
-    assert!(relative_error(plain, expected) > 0.05);
+    assert!(relative_error("plain loop vs styled", plain, expected) > 0.05);
 }
 
 #[test]
@@ -215,7 +209,11 @@ fn assert_untouched_at_any_scale(mix_init: MixInit) {
     let (codes, unet) = (with_fresh_mixers(mix_init), tiny_unet());
     let plain = plain_step(&unet, &step);
     for scale in [0.0, 0.3, 0.9, 1.0] {
-        let error = relative_error(styled_step(&codes, &unet, &step, scale), plain.clone());
+        let error = relative_error(
+            &format!("{mix_init:?} at {scale}"),
+            styled_step(&codes, &unet, &step, scale),
+            plain.clone(),
+        );
         println!("{mix_init:?} at scale {scale}: relative difference {error:e}");
         // Only the blend h·(1-s) + h·s rounds.
         assert!(error <= 1e-5, "{mix_init:?} mixers change the base at scale {scale}: {error:e}");

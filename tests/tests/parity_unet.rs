@@ -183,7 +183,6 @@ fn linear_projection_matches_diffusers() {
 
 #[test]
 fn full_size_sd15_unet_has_the_real_shapes() {
-    let start = std::time::Instant::now();
     let unet = UNetConfig::sd15().init::<TestBackend>(&device());
     // runwayml/stable-diffusion-v1-5's UNet, counted without materialising it.
     assert_eq!(unet.param_count(), 859_520_964);
@@ -191,9 +190,6 @@ fn full_size_sd15_unet_has_the_real_shapes() {
     let skips = [320, 320, 320, 320, 640, 640, 640, 1280, 1280, 1280, 1280, 1280];
     assert_eq!(unet.skip_channels(), skips);
     assert_eq!(unet.up_skip_channels(), skips.iter().rev().copied().collect::<Vec<_>>());
-    let elapsed = start.elapsed();
-    assert!(elapsed.as_secs_f32() < 10.0, "instantiating took {elapsed:?}");
-    println!("full-size UNet built and counted in {elapsed:?}");
 }
 
 #[test]

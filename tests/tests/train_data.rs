@@ -8,16 +8,18 @@ use burn_stylecode::train::data::{
     check_resolution, preprocess_target, write_skipped, Dataset, DatasetOptions, Dropout, Order, OrderPosition, Skipped,
 };
 use burn_stylecode::Error;
-use burn_stylecode_tests::{device, fixtures, reference, TestBackend};
+use burn_stylecode_tests::{assert_finite, device, fixtures, reference, TestBackend};
 use image::RgbImage;
 use std::path::Path;
 
 const OPTIONS: DatasetOptions = DatasetOptions { resolution: 16, skip_bad: false };
 const SKIP_BAD: DatasetOptions = DatasetOptions { resolution: 16, skip_bad: true };
 
-/// Max |a - b| over two equally long slices.
+/// Max |a - b| over two equally long slices of finite values.
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
+    assert_finite("output", a);
+    assert_finite("reference", b);
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 

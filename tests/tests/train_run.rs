@@ -85,10 +85,8 @@ fn unit_scaled_weights() -> PathBuf {
 
 /// The backend's RNG (the autoencoder's dropout, seeded per micro-batch) is
 /// process-wide: runs in parallel test threads would draw from each other's.
-static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    TRAINING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    backend_rng()
 }
 
 fn run(config: &TrainConfig, run_dir: &Path) -> Vec<f64> {

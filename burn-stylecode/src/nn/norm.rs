@@ -118,6 +118,7 @@ impl<B: Backend> LayerNorm<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::testing::max_abs_difference;
     use burn::backend::Flex;
 
     type B = Flex;
@@ -129,10 +130,6 @@ mod tests {
         Tensor::<B, 4>::from_data(TensorData::new(values, [2, 8, 32, 32]), (&Default::default(), dtype))
     }
 
-    fn max_difference<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
-        (a.cast(DType::F32) - b.cast(DType::F32)).abs().max().into_scalar()
-    }
-
     #[test]
     fn group_norm_in_f16_follows_f32_on_large_activations() {
         let device = Default::default();
@@ -141,7 +138,7 @@ mod tests {
         let out = norm.forward(large_input(DType::F16));
         assert_eq!(out.dtype(), DType::F16);
         // Normalised values are O(1): f16 rounding is ~1e-3 of them.
-        assert!(max_difference(out, full.clone()) < 5e-3);
+        assert!(max_abs_difference(out, full.clone()) < 5e-3);
         // And the f32 result is a true normalisation: unit variance per group.
         let grouped = full.reshape([2, 2, 4 * 32 * 32]);
         let variance = grouped.clone().var_bias(2).into_data().to_vec::<f32>().unwrap();
@@ -154,6 +151,6 @@ mod tests {
         let norm = LayerNormConfig::new(32).init::<B>(&device);
         let out = norm.forward(large_input(DType::F16));
         assert_eq!(out.dtype(), DType::F16);
-        assert!(max_difference(out, norm.forward(large_input(DType::F32))) < 5e-3);
+        assert!(max_abs_difference(out, norm.forward(large_input(DType::F32))) < 5e-3);
     }
 }

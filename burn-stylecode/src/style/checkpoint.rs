@@ -208,6 +208,10 @@ fn check_positional_table(file: &TensorFile, key: &str, d_model: usize) -> Resul
         _ => return Err(bad(format!("shape {shape:?}, expected [1, positions, {d_model}]"))),
     };
     let stored = file.read_f32(key)?;
+    // `f32::max` below skips NaN, which would pass as a match.
+    if let Some(index) = stored.iter().position(|v| !v.is_finite()) {
+        return Err(bad(format!("value {index} is {}, not the sinusoidal table's", stored[index])));
+    }
     let computed = sinusoidal_values(rows, d_model);
     // sin/cos of large angles differ by a few ulps between libms.
     let worst = stored.iter().zip(&computed).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);

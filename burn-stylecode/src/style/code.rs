@@ -78,9 +78,14 @@ impl StyleCode {
         Ok(Self { values, version })
     }
 
-    /// Quantises a latent vector as the reference does.
+    /// Quantises a latent vector as the reference does. A NaN or an
+    /// infinity (a broken network) has no code: an error naming its index.
     pub fn from_latent(latent: &[f32; CODE_LEN], version: char) -> Result<Self, CodeError> {
-        StyleCode::new(latent.map(quantize), version)
+        let mut values = [0; CODE_LEN];
+        for (index, (slot, &x)) in values.iter_mut().zip(latent).enumerate() {
+            *slot = quantize(x).ok_or_else(|| CodeError::NonFinite { index, value: x.to_string() })?;
+        }
+        StyleCode::new(values, version)
     }
 
     /// The 20 values, each in `0..=63`.
@@ -277,11 +282,16 @@ pub fn random_code(rng: &mut impl FnMut() -> u64, version: char) -> Result<Style
 /// In f32, `q * 2/63 - 1` lands a hair below step `q` for q = 1..=15, so the
 /// reference formula re-encodes a decoded code with those values one lower.
 /// The snap makes decode → encode the identity; it changes the reference's
-/// result only for latents within 3e-6 below a step. NaN quantises to 0.
-pub fn quantize(x: f32) -> u8 {
+/// result only for latents within 3e-6 below a step. NaN and the
+/// infinities have no value (`None`): clamping would make them a valid-looking
+/// 0 or 63.
+pub fn quantize(x: f32) -> Option<u8> {
+    if !x.is_finite() {
+        return None;
+    }
     let scaled = (x + 1.0) * (f32::from(MAX_VALUE) / 2.0) + SNAP;
-    // Floor first to truncate like numpy's `astype(uint8)`; `as` maps NaN to 0.
-    scaled.clamp(0.0, f32::from(MAX_VALUE)).floor() as u8
+    // Floor first to truncate like numpy's `astype(uint8)`.
+    Some(scaled.clamp(0.0, f32::from(MAX_VALUE)).floor() as u8)
 }
 
 /// Tolerance of [`quantize`], in steps: above the f32 error of
@@ -372,14 +382,25 @@ mod tests {
 
     #[test]
     fn quantize_matches_reference_formula() {
-        assert_eq!(quantize(-1.0), 0);
-        assert_eq!(quantize(-5.0), 0);
-        assert_eq!(quantize(1.0), 63);
-        assert_eq!(quantize(7.0), 63);
-        assert_eq!(quantize(0.0), 31); // 31.5 floors to 31
-        assert_eq!(quantize(f32::NAN), 0);
+        assert_eq!(quantize(-1.0), Some(0));
+        assert_eq!(quantize(-5.0), Some(0));
+        assert_eq!(quantize(1.0), Some(63));
+        assert_eq!(quantize(7.0), Some(63));
+        assert_eq!(quantize(0.0), Some(31)); // 31.5 floors to 31
         assert_eq!(dequantize(0), -1.0);
         assert_eq!(dequantize(63), 1.0);
+    }
+
+    #[test]
+    fn a_non_finite_latent_has_no_code() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert_eq!(quantize(bad), None);
+            let mut latent = [0.25; CODE_LEN];
+            latent[7] = bad;
+            let err = StyleCode::from_latent(&latent, OFFICIAL_VERSION).unwrap_err();
+            assert_eq!(err, CodeError::NonFinite { index: 7, value: bad.to_string() });
+            assert!(err.to_string().contains("latent value 7"), "{err}");
+        }
     }
 
     proptest! {
@@ -404,7 +425,7 @@ mod tests {
 
         #[test]
         fn quantize_inverts_dequantize(q in 0u8..64) {
-            prop_assert_eq!(quantize(dequantize(q)), q);
+            prop_assert_eq!(quantize(dequantize(q)), Some(q));
         }
 
         #[test]
