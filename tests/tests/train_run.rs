@@ -10,7 +10,7 @@ use burn_stylecode::sd::pipeline::{Settings, StableDiffusion};
 use burn_stylecode::style::StyleCondition;
 use burn_stylecode::train::checkpoint::{export, find, list};
 use burn_stylecode::train::data::preprocess_target;
-use burn_stylecode::train::{train, Event, Init, TrainConfig};
+use burn_stylecode::train::{train, Event, Init, MixedPrecision, TrainConfig};
 use burn_stylecode::{Error, StyleCodes, WeightsDir};
 use burn_stylecode_tests::*;
 use image::{Rgb, RgbImage};
@@ -153,7 +153,7 @@ fn generated_latents(weights: &WeightsDir, sd: &StableDiffusion<TestBackend>, st
     };
     let side = RESOLUTION as usize;
     let settings = Settings { steps: 10, guidance_scale: 3.0, width: side, height: side, ..Settings::default() };
-    let predict = condition.predictor(&sd.unet, sd.latent_size(&settings), true);
+    let predict = condition.predictor(&sd.unet, sd.latent_size(&settings), settings.guided());
     let prompts = vec![PROMPT.to_string(); 4];
     let negatives = vec![String::new(); 4];
     let final_latents = sd
@@ -181,12 +181,17 @@ fn steers_apart(weights: WeightsDir) -> ([bool; 2], String) {
     ([distance(&a, &target_a) < distance(&a, &target_b), distance(&b, &target_b) < distance(&b, &target_a)], report)
 }
 
-/// Open (issue 11): on the tiny random models the loss falls and the
-/// generations move onto the targets' latents (distance 3.8 → 0.6 in 300
-/// steps), but the two codes steer alike (channel means 0.001 apart). The
-/// decoder does tell the codes apart (decoded features 30% apart for the
-/// extreme latents), the mixers grow (mean |ctrl → base| 0.06), but what they
-/// learn is style-independent. Run by hand with `--ignored`.
+/// Open (issue 11): the style pathway does not learn on the tiny random
+/// models within a CI-sized run. Measured (session 6, 16² and 8² images,
+/// lr 1e-2 and 3e-2, batch 8 and 16, 300 to 1,200 steps, guidance 1 and 3):
+/// the loss falls (1.14 → 0.79 at 8², 1,200 steps), the two styles' codes are
+/// far apart (most of the 20 values of opposite sign), but generations with
+/// A's and B's codes differ by at most 0.02 in channel means, against 0.84
+/// between the targets, and in no consistent direction. A likely cause: with
+/// one prompt and flat images, the noisy latent itself tells the styles apart
+/// at all but the highest noise levels, where the ε-loss weighs the target
+/// little, so the style lowers the loss by ~1% and its gradient is mostly
+/// noise. Run by hand with `--ignored`.
 #[test]
 #[ignore = "open: the style pathway does not learn on the tiny models yet (issue 11 note)"]
 fn it_learns_style_and_an_untrained_model_does_not() {
@@ -226,6 +231,49 @@ fn a_cached_and_an_uncached_run_give_the_same_weights() {
     let initial = runs.path().join("initial");
     run(&TrainConfig { steps: 1, lr: 1e-30, ..settings.clone() }, &initial);
     assert!(weights("cached") != weights("initial"), "training moves the weights");
+}
+
+/// `--mixed-precision bf16|f16`: the frozen networks in half precision, the
+/// trained weights (and what is exported) in f32, and the run lands near
+/// the f32 run's weights.
+#[test]
+fn mixed_precision_runs_train_f32_weights_near_the_f32_run() {
+    let data = tempfile::tempdir().unwrap();
+    dataset(data.path());
+    let runs = tempfile::tempdir().unwrap();
+    let settings = config(data.path(), 3);
+    run(&settings, &runs.path().join("f32"));
+    let weights = |name: &str| {
+        let path = find(&runs.path().join(name), None).unwrap().weights();
+        let bytes = std::fs::read(&path).unwrap();
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+        let dtypes: std::collections::BTreeSet<String> = header
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(key, _)| *key != "__metadata__")
+            .map(|(_, info)| info["dtype"].as_str().unwrap().to_string())
+            .collect();
+        let file = burn_stylecode::weights::safetensors::TensorFile::open(&path).unwrap();
+        let values: Vec<f32> = file.keys().flat_map(|key| file.read_f32(key).unwrap()).collect();
+        (dtypes.into_iter().collect::<Vec<_>>(), values)
+    };
+    let (_, reference) = weights("f32");
+    for (precision, name) in [(MixedPrecision::Bf16, "bf16"), (MixedPrecision::F16, "f16")] {
+        let losses = run(&TrainConfig { mixed_precision: precision, ..settings.clone() }, &runs.path().join(name));
+        assert!(losses.len() == 3 && losses.iter().all(|l| l.is_finite()), "{name}: losses {losses:?}");
+        let (dtypes, values) = weights(name);
+        assert_eq!(dtypes, ["F32"], "{name}: the trained weights are stored in f32");
+        let (mut diff, mut scale) = (0f64, 0f64);
+        for (a, b) in values.iter().zip(&reference) {
+            diff += f64::from(a - b).powi(2);
+            scale += f64::from(*b).powi(2);
+        }
+        let relative = (diff / scale).sqrt();
+        assert!(relative < 1e-2, "{name}: the weights are {relative:e} from the f32 run's");
+        assert!(values != reference, "{name}: a half-precision run is not the f32 run");
+    }
 }
 
 #[test]
