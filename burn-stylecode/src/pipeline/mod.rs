@@ -268,6 +268,8 @@ impl<B: Backend> StyleCodes<B> {
     /// The control branch, shaped after the base UNet.
     pub fn control(&self) -> Result<&StyleControl<B>> {
         get_or_load(&self.control, || {
+            // The identity is taken with the weights, which are not read again.
+            self.stylecodes_sha256()?;
             let base = UNetConfig::from_file(&self.sd15_dir.join("unet").join("config.json"))?;
             let config = self.stylecodes_config()?;
             check_fits_base(&config.autoencoder, &base)?;
