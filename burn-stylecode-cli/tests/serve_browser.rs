@@ -284,7 +284,8 @@ fn the_page_encodes_generates_fills_the_seed_and_cancels() {
     browser.wait_for(
         "the long job to start",
         60,
-        "document.getElementById('progress-text').textContent.startsWith('step')",
+        // The button is enabled once the job is accepted; the text may still be the last job's before that.
+        "!document.getElementById('cancel-button').disabled && document.getElementById('progress-text').textContent.startsWith('step')",
     );
     browser.click("#cancel-button");
     browser.wait_for("the cancel", 60, "document.getElementById('progress-text').textContent.includes('cancelled')");

@@ -431,8 +431,7 @@ struct GenerateBody {
 /// The request a body asks for, checked as `stylecode generate` checks it
 /// (its memory too, as the worker runs it: one image at a time).
 fn generate_request(body: GenerateBody, info: &WorkerInfo, lora_dir: Option<&Path>) -> ApiResult<GenerateRequest> {
-    let mut settings = GenerateSettings::default();
-    settings.loras = lora_specs(&body.loras, lora_dir)?;
+    let mut settings = GenerateSettings { loras: lora_specs(&body.loras, lora_dir)?, ..GenerateSettings::default() };
     if let Some(steps) = body.steps {
         settings.steps = steps;
     }

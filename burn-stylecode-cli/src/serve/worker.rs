@@ -180,7 +180,7 @@ fn run_job<B: Backend>(styles: &StyleCodes<B>, job: &Job, outputs: &Path, stem: 
 }
 
 fn wants_preview(progress: &Progress) -> bool {
-    progress.step % PREVIEW_EVERY == 0 || progress.step == progress.steps
+    progress.step.is_multiple_of(PREVIEW_EVERY) || progress.step == progress.steps
 }
 
 /// The first image of the batch as it stands, as a PNG data URL; none if
