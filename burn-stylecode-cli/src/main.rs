@@ -82,6 +82,8 @@ enum Command {
     Mix(commands::mix::Args),
     /// Print a random stylecode.
     Random(commands::random::Args),
+    /// Generate an image again from the recipe in its PNG, checking the weights first.
+    Reproduce(Box<commands::reproduce::Args>),
     /// Train StyleCodes weights on a dataset of (style, target, prompt).
     Train(Box<commands::train::Args>),
     /// Write a training checkpoint into a weights folder with a new version.
@@ -100,6 +102,7 @@ fn main() -> ExitCode {
         Command::MergeLora(args) => commands::merge_lora::run(args),
         Command::Mix(args) => commands::mix::run(args),
         Command::Random(args) => commands::random::run(args),
+        Command::Reproduce(args) => commands::reproduce::run(*args),
         Command::Train(args) => commands::train::run(*args),
         Command::Export(args) => commands::export::run(args),
         Command::Serve(args) => commands::serve::run(*args),

@@ -8,6 +8,47 @@ use serde_json::{json, Value};
 use serve_common::{fixture_bytes, png_files, stylecode, weights, Server};
 use std::collections::HashSet;
 
+/// Pixels per latent cell of the tiny VAE: ×2 per block after the first.
+fn vae_scale_factor() -> u32 {
+    let config: Value = serde_json::from_slice(&fixture_bytes("weights/sd15/vae/config.json")).unwrap();
+    1 << (config["block_out_channels"].as_array().unwrap().len() - 1)
+}
+
+/// The image in a `data:image/png;base64,…` URL.
+fn data_url_png(url: &str) -> image::RgbImage {
+    use base64::Engine;
+    let data = url.strip_prefix("data:image/png;base64,").unwrap_or_else(|| panic!("not a PNG data URL: {url}"));
+    let bytes = base64::engine::general_purpose::STANDARD.decode(data).unwrap();
+    image::load_from_memory_with_format(&bytes, image::ImageFormat::Png).unwrap().to_rgb8()
+}
+
+/// A PNG whose IHDR claims `width`×`height` RGB, with one tiny IDAT (an
+/// empty zlib stream) and IEND: a few dozen bytes.
+fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in bytes {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    for (kind, data) in [
+        (&b"IHDR"[..], [&width.to_be_bytes()[..], &height.to_be_bytes(), &[8, 2, 0, 0, 0]].concat()),
+        (b"IDAT", vec![0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]),
+        (b"IEND", Vec::new()),
+    ] {
+        png.extend((data.len() as u32).to_be_bytes());
+        let body = [kind, &data].concat();
+        png.extend(&body);
+        png.extend(crc32(&body).to_be_bytes());
+    }
+    png
+}
+
 /// A generation long enough (tiny weights, many steps) to cancel mid-way.
 fn long_job() -> Value {
     json!({ "prompt": "a long job", "width": 16, "height": 16, "steps": 400, "num": 16, "seed": 1 })
@@ -82,7 +123,17 @@ fn generate_streams_progress_then_the_images_the_cli_makes() {
     let final_progress = &progress.last().expect("a progress event").1;
     assert_eq!((final_progress["step"].as_u64(), final_progress["steps"].as_u64()), (Some(3), Some(3)));
     assert_eq!(final_progress["image"], 1);
-    assert!(progress.iter().all(|(name, _)| name == "progress"));
+    assert!(progress.iter().all(|(name, _)| name == "progress" || name == "preview"));
+    // Previews every 2 steps and at the last: small PNGs of the latent's size.
+    let previews: Vec<&Value> = progress.iter().filter(|(name, _)| name == "preview").map(|(_, data)| data).collect();
+    assert!(!previews.is_empty(), "{events:?}");
+    let factor = vae_scale_factor();
+    for preview in &previews {
+        assert!(preview["step"].as_u64().unwrap() % 2 == 0 || preview["step"] == 3, "{preview}");
+        let png = data_url_png(preview["url"].as_str().unwrap());
+        assert_eq!(png.dimensions(), (48 / factor, 32 / factor));
+    }
+    assert!(previews.iter().any(|p| p["image"] == 1 && p["step"] == 3), "the last step of the last image");
     let urls: Vec<&str> = last.1["images"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
     assert_eq!(urls.len(), 2);
     assert_eq!(last.1["recipe"][1]["seed"], "8");
@@ -350,4 +401,119 @@ fn a_failed_job_is_reported_and_the_server_carries_on() {
     let encoded = server.post_images("/api/encode", &[("photo.jpg", &fixture_bytes("images/photo.jpg"))]);
     assert_eq!(encoded.status, 200, "encoding needs no SD1.5: {:?}", encoded.json);
     assert!(png_files(&server.outputs).is_empty());
+}
+
+#[test]
+fn loras_are_picked_by_name_from_the_lora_folder() {
+    let folder = tempfile::tempdir().unwrap();
+    let kohya = serve_common::fixtures().join("lora/kohya.safetensors");
+    std::fs::copy(&kohya, folder.path().join("kohya.safetensors")).unwrap();
+    std::fs::write(folder.path().join("notes.txt"), "not a LoRA").unwrap();
+    let server = Server::start(&["--loras", folder.path().to_str().unwrap()]);
+    assert_eq!(server.get("/api/loras").json, json!({ "loras": [{ "name": "kohya.safetensors" }] }));
+
+    let body = json!({ "prompt": "a lighthouse", "width": 24, "height": 16, "steps": 2, "seed": 3,
+                       "loras": [{ "name": "kohya.safetensors", "weight": 0.5 }] });
+    let job = server.submit(&body);
+    let events = server.events(job);
+    let done = &events.last().unwrap().1;
+    assert_eq!(events.last().unwrap().0, "done", "{events:?}");
+    let served = server.get(done["images"][0].as_str().unwrap()).bytes;
+    let dir = tempfile::tempdir().unwrap();
+    let cli_png = dir.path().join("cli.png");
+    let lora = format!("{}:0.5", kohya.display());
+    let (ok, _, err) = stylecode(&[
+        "generate",
+        "--prompt",
+        "a lighthouse",
+        "--width",
+        "24",
+        "--height",
+        "16",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "--lora",
+        &lora,
+        "--weights",
+        &weights(),
+        "--out",
+        cli_png.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let served = image::load_from_memory(&served).unwrap().to_rgb8();
+    assert_eq!(served.into_raw(), image::open(&cli_png).unwrap().to_rgb8().into_raw());
+    let plain = server.submit(&json!({ "prompt": "a lighthouse", "width": 24, "height": 16, "steps": 2, "seed": 3 }));
+    let plain = server.events(plain).last().unwrap().1.clone();
+    assert_ne!(
+        server.get(plain["images"][0].as_str().unwrap()).bytes,
+        server.get(done["images"][0].as_str().unwrap()).bytes
+    );
+    assert!(done["recipe"][0]["loras"].as_str().unwrap().starts_with("kohya.safetensors:0.5:0.5:"), "{done}");
+
+    for name in ["missing.safetensors", "notes.txt", "../lora/kohya.safetensors"] {
+        let reply = server.post_json("/api/generate", &json!({ "prompt": "x", "loras": [{ "name": name }] }));
+        let (status, error) = reply.error();
+        assert_eq!(status, 400);
+        assert!(error.contains(&format!("`{name}`")) && error.contains("/api/loras"), "{error}");
+    }
+    let without = Server::start(&[]);
+    assert_eq!(without.get("/api/loras").json, json!({ "loras": [] }));
+    let reply =
+        without.post_json("/api/generate", &json!({ "prompt": "x", "loras": [{ "name": "kohya.safetensors" }] }));
+    let (status, error) = reply.error();
+    assert_eq!(status, 400);
+    assert!(error.contains("--loras"), "{error}");
+}
+
+#[test]
+fn uploads_over_the_pixel_limit_and_requests_over_the_memory_limit_get_400() {
+    let server = Server::start(&["--max-memory", "1M"]);
+    let reply = server.post_images("/api/encode", &[("huge.png", &png_claiming(20000, 20000))]);
+    let (status, error) = reply.error();
+    assert_eq!(status, 400);
+    assert!(error.contains("huge.png") && error.contains("20000") && error.contains("pixel"), "{error}");
+
+    let reply = server.post_json("/api/generate", &json!({ "prompt": "x", "width": 64, "height": 64, "steps": 1 }));
+    let (status, error) = reply.error();
+    assert_eq!(status, 400);
+    assert!(error.contains("1.0 MiB") && error.contains("64x64"), "{error}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.png");
+    let (ok, _, err) = stylecode(&[
+        "generate",
+        "-p",
+        "x",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--steps",
+        "1",
+        "--max-memory",
+        "1M",
+        "--weights",
+        &weights(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains(error), "the CLI's message: {err}");
+    assert!(png_files(&server.outputs).is_empty());
+    assert_eq!(server.get("/api/health").status, 200);
+}
+
+#[test]
+fn a_job_that_panics_is_failed_and_the_next_one_runs() {
+    let server =
+        Server::start_with_env(&weights(), &[], &[("STYLECODE_SERVE_PANIC_PROMPT", "boom"), ("RUST_BACKTRACE", "0")]);
+    let job = server.submit(&json!({ "prompt": "boom", "width": 16, "height": 16, "steps": 2 }));
+    let events = server.events(job);
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error", "{events:?}");
+    assert!(data["error"].as_str().unwrap().contains("panicked"), "{data}");
+    assert_eq!(server.get(&format!("/api/jobs/{job}")).json["state"], "failed");
+    let next = server.submit(&json!({ "prompt": "after the panic", "width": 16, "height": 16, "steps": 2 }));
+    assert_eq!(server.events(next).last().unwrap().0, "done");
+    assert_eq!(png_files(&server.outputs).len(), 1);
 }

@@ -176,7 +176,9 @@ fn the_page_encodes_generates_fills_the_seed_and_cancels() {
         eprintln!("skipped: no chromium and chromedriver on PATH (apt-get install chromium chromium-driver)");
         return;
     };
-    let server = Server::start(&[]);
+    let loras = tempfile::tempdir().unwrap();
+    std::fs::copy(fixtures().join("lora/kohya.safetensors"), loras.path().join("kohya.safetensors")).unwrap();
+    let server = Server::start(&["--loras", loras.path().to_str().unwrap()]);
     let browser = Browser::start(&chromium, &chromedriver);
     browser.goto(&server.url("/"));
     browser.wait_for(
@@ -200,7 +202,13 @@ fn the_page_encodes_generates_fills_the_seed_and_cancels() {
     browser.click(".code-card .use-in-generate");
     assert_eq!(browser.script("return document.querySelector('#styles .code-input').value;"), expected);
 
-    // Generate: progress reaches the last step, the image lands in the gallery.
+    // A LoRA from the server's folder, at weight 0.5.
+    browser.wait_for("the LoRA list", 30, "!document.getElementById('add-lora').disabled");
+    browser.click("#add-lora");
+    assert_eq!(browser.script("return document.querySelector('#loras .lora-name').value;"), "kohya.safetensors");
+    browser.type_into("#loras .lora-weight", "0.5");
+
+    // Generate: progress reaches the last step, the live preview shows, the image lands in the gallery.
     browser.type_into("#prompt", "a lighthouse at dusk");
     for (id, value) in [("width", "32"), ("height", "32"), ("steps", "3"), ("seed", "5")] {
         browser.type_into(&format!("#{id}"), value);
@@ -218,8 +226,15 @@ fn the_page_encodes_generates_fills_the_seed_and_cancels() {
         "(i => i && i.naturalWidth > 0 && [i.naturalWidth, i.naturalHeight])(document.querySelector('.gallery-item img'))",
     );
     assert_eq!(size, json!([32, 32]));
+    let previews = browser.wait_for(
+        "the preview",
+        30,
+        "(p => !p.hidden && p.naturalWidth > 0 && Number(p.dataset.previews))(document.getElementById('preview'))",
+    );
+    assert!(previews.as_u64().unwrap() >= 1, "{previews}");
     let recipe = browser.script("return document.querySelector('.gallery-item .recipe').textContent;");
     assert!(recipe.as_str().unwrap().contains(&format!("stylecode: {}", expected.as_str().unwrap())), "{recipe}");
+    assert!(recipe.as_str().unwrap().contains("loras: kohya.safetensors:0.5:0.5:"), "{recipe}");
     assert_eq!(serve_common::png_files(&server.outputs).len(), 1);
 
     if let Some(path) = std::env::var_os("STYLECODE_SCREENSHOT") {
@@ -269,7 +284,8 @@ fn the_page_encodes_generates_fills_the_seed_and_cancels() {
     browser.wait_for(
         "the long job to start",
         60,
-        "document.getElementById('progress-text').textContent.startsWith('step')",
+        // The button is enabled once the job is accepted; the text may still be the last job's before that.
+        "!document.getElementById('cancel-button').disabled && document.getElementById('progress-text').textContent.startsWith('step')",
     );
     browser.click("#cancel-button");
     browser.wait_for("the cancel", 60, "document.getElementById('progress-text').textContent.includes('cancelled')");

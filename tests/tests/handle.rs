@@ -114,15 +114,20 @@ fn progress_counts_steps_per_batch_and_can_cancel() {
         images: vec![spec(1, Style::None), spec(2, Style::None)],
         settings: GenerateSettings { steps: 3, ..settings() },
     };
-    let mut seen = Vec::new();
+    let mut steps = Vec::new();
+    let mut previews = Vec::new();
     styles
         .generate(&request, |p| {
-            seen.push(p);
+            steps.push((p.step, p.steps, p.batch));
+            // The preview is made only when asked: one small image per image of the batch.
+            previews.push(p.preview(4).unwrap().iter().map(|image| image.dimensions()).collect::<Vec<_>>());
             ControlFlow::Continue(())
         })
         .unwrap();
-    let steps: Vec<(usize, usize, usize)> = seen.iter().map(|p| (p.step, p.steps, p.batch)).collect();
     assert_eq!(steps, [(1, 3, 2), (2, 3, 2), (3, 3, 2)]);
+    let (width, height) = (request.settings.width / 2, request.settings.height / 2); // the tiny VAE's factor
+    let expected = burn_stylecode::sd::preview::preview_size(width, height, 4);
+    assert!(previews.iter().all(|batch| batch == &[expected, expected]), "{previews:?} ≠ {expected:?}");
 
     let mut calls = 0;
     let result = styles.generate(&request, |_| {

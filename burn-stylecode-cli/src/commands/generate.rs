@@ -100,7 +100,7 @@ fn parse_scale(text: &str) -> Result<f64, String> {
 }
 
 /// `1234`, `512K`, `512M`, `8G` or `1T` (powers of 1024; a trailing `B` or `iB` is allowed).
-fn parse_bytes(text: &str) -> Result<u64, String> {
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let upper = text.trim().to_ascii_uppercase();
     let number = upper.trim_end_matches("IB").trim_end_matches('B');
     let (digits, shift) = match number.chars().last() {
@@ -234,7 +234,7 @@ fn output_paths(out: &Path, num: u32) -> Vec<PathBuf> {
     (1..=num).map(|k| out.with_file_name(format!("{stem}-{k}.{ext}"))).collect()
 }
 
-fn progress_bar(quiet: bool, total: u64) -> ProgressBar {
+pub fn progress_bar(quiet: bool, total: u64) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }

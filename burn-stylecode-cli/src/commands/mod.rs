@@ -6,5 +6,6 @@ pub mod inspect;
 pub mod merge_lora;
 pub mod mix;
 pub mod random;
+pub mod reproduce;
 pub mod serve;
 pub mod train;

@@ -27,6 +27,13 @@ pub struct Args {
     /// Allow a non-loopback --bind without --token (anyone who can reach it can use it).
     #[arg(long)]
     insecure: bool,
+    /// Folder of LoRA `.safetensors` files that requests may name (default: none).
+    #[arg(long, value_name = "DIR")]
+    loras: Option<PathBuf>,
+    /// Refuse (400) a generation estimated to need more memory than this (e.g. 8G, 512M;
+    /// one over the machine's available memory is always refused).
+    #[arg(long, value_name = "BYTES", value_parser = crate::commands::generate::parse_bytes)]
+    max_memory: Option<u64>,
     /// Largest request body (uploads), in MiB.
     #[arg(long, default_value_t = DEFAULT_UPLOAD_LIMIT >> 20, value_name = "MIB")]
     upload_limit: usize,
@@ -47,6 +54,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         eprintln!("warning: --insecure: anyone who can reach {} can use this server", args.bind);
     }
+    if let Some(dir) = &args.loras {
+        if !dir.is_dir() {
+            bail!("--loras {}: not a folder", dir.display());
+        }
+    }
     let outputs = args.outputs.unwrap_or_else(|| {
         dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("burn-stylecode").join("outputs")
     });
@@ -58,6 +70,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         queue: args.queue as usize,
         token: args.token,
         upload_limit: args.upload_limit << 20,
+        loras: args.loras,
+        max_memory: args.max_memory,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,18 @@ pub struct JobStatus {
     /// Each image's recipe as its PNG text chunks.
     pub recipes: Vec<serde_json::Value>,
     pub error: Option<String>,
+    /// The latest preview of the image being made.
+    pub preview: Option<Preview>,
+}
+
+/// A small look at an image mid-run (a cheap latent → RGB map).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preview {
+    /// Index of the image, and the step it is from.
+    pub image: usize,
+    pub step: usize,
+    /// A PNG data URL.
+    pub url: String,
 }
 
 impl JobStatus {
@@ -115,6 +127,7 @@ impl JobTable {
             images: Vec::new(),
             recipes: Vec::new(),
             error: None,
+            preview: None,
         };
         let job = Arc::new(Job { id, request, cancel: AtomicBool::new(false), status: watch::Sender::new(status) });
         tables.by_id.insert(id, job.clone());

@@ -29,6 +29,10 @@ pub struct ServeConfig {
     pub token: Option<String>,
     /// Largest request body, bytes.
     pub upload_limit: usize,
+    /// The LoRA folder requests may pick from.
+    pub loras: Option<PathBuf>,
+    /// `--max-memory`, bytes.
+    pub max_memory: Option<u64>,
 }
 
 /// Serves until Ctrl+C.
@@ -37,7 +41,8 @@ pub fn run(config: ServeConfig) -> Result<()> {
         .with_context(|| format!("cannot create the outputs folder {}", config.outputs.display()))?;
     let table = Arc::new(jobs::JobTable::new(config.queue));
     let backend = format!("{:?}", config.model.backend).to_lowercase();
-    let (work, info) = worker::start(config.model, config.dtype, config.outputs.clone(), table.clone())?;
+    let (work, info) =
+        worker::start(config.model, config.dtype, config.max_memory, config.outputs.clone(), table.clone())?;
     let state = Arc::new(routes::AppState {
         work,
         table,
@@ -47,6 +52,7 @@ pub fn run(config: ServeConfig) -> Result<()> {
         loopback_only: config.token.is_none() && config.bind.ip().is_loopback(),
         token: config.token,
         upload_limit: config.upload_limit,
+        loras: config.loras,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {

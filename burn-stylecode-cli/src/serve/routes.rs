@@ -17,7 +17,8 @@ use burn_stylecode::sd::schedulers::SchedulerKind;
 use burn_stylecode::siglip::preprocess::decode_rgb;
 use burn_stylecode::style::code::blend;
 use burn_stylecode::{
-    read_png_text_bytes, CodeFormat, Error, GenerateRequest, GenerateSettings, ImageSpec, Recipe, Style, WeightedCode,
+    read_png_text_bytes, CodeFormat, Error, GenerateRequest, GenerateSettings, ImageSpec, LoraSpec, Recipe, Style,
+    WeightedCode,
 };
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::de::DeserializeOwned;
@@ -42,6 +43,8 @@ pub struct AppState {
     /// Without a token on loopback: only loopback `Host` names are served.
     pub loopback_only: bool,
     pub upload_limit: usize,
+    /// `--loras`: the folder whose `.safetensors` requests may name.
+    pub loras: Option<PathBuf>,
 }
 
 type Shared = Arc<AppState>;
@@ -54,6 +57,7 @@ pub fn router(state: Shared) -> Router {
         .route("/mix", post(mix))
         .route("/random", get(random))
         .route("/generate", post(generate))
+        .route("/loras", get(loras))
         .route("/jobs/{id}", get(job))
         .route("/jobs/{id}/events", get(events))
         .route("/jobs/{id}/cancel", post(cancel))
@@ -340,6 +344,68 @@ async fn random(
     Ok(Json(json!({ "code": code.format(CodeFormat::Paper), "official": code.format(CodeFormat::Official) })))
 }
 
+/// The `.safetensors` file names in the LoRA folder, sorted.
+fn lora_names(dir: &Path) -> ApiResult<Vec<String>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ApiError::internal(format!("the LoRA folder {}: {}", dir.display(), e.kind())))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().is_file())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".safetensors") && !name.starts_with('.'))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// `{"loras": [{"name"}…]}`: the LoRAs `--loras` offers (none without it).
+async fn loras(State(state): State<Shared>) -> ApiResult<Json<Value>> {
+    let names = match &state.loras {
+        Some(dir) => lora_names(dir)?,
+        None => Vec::new(),
+    };
+    let loras: Vec<Value> = names.into_iter().map(|name| json!({ "name": name })).collect();
+    Ok(Json(json!({ "loras": loras })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoraBody {
+    name: String,
+    #[serde(default = "one")]
+    weight: f32,
+    /// The text encoder's weight (the UNet's unless given).
+    te_weight: Option<f32>,
+}
+
+/// The LoRAs a request names, each a file of the LoRA folder by its plain
+/// name (no paths from HTTP).
+fn lora_specs(loras: &[LoraBody], dir: Option<&Path>) -> ApiResult<Vec<LoraSpec>> {
+    if loras.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(dir) = dir else {
+        return Err(ApiError::bad("this server offers no LoRAs (start it with --loras DIR)"));
+    };
+    let names = lora_names(dir)?;
+    loras
+        .iter()
+        .map(|lora| {
+            if !names.contains(&lora.name) {
+                return Err(ApiError::bad(format!(
+                    "no LoRA `{}` in the LoRA folder (GET /api/loras lists them)",
+                    lora.name
+                )));
+            }
+            let te_weight = lora.te_weight.unwrap_or(lora.weight);
+            if !(lora.weight.is_finite() && te_weight.is_finite()) {
+                return Err(ApiError::bad(format!("LoRA `{}`: a weight is not a number", lora.name)));
+            }
+            Ok(LoraSpec { path: dir.join(&lora.name), unet_weight: lora.weight, text_encoder_weight: te_weight })
+        })
+        .collect()
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GenerateBody {
@@ -358,11 +424,14 @@ struct GenerateBody {
     scheduler: Option<String>,
     #[serde(default)]
     karras: bool,
+    #[serde(default)]
+    loras: Vec<LoraBody>,
 }
 
-/// The request a body asks for, checked as `stylecode generate` checks it.
-fn generate_request(body: GenerateBody, info: &WorkerInfo) -> ApiResult<GenerateRequest> {
-    let mut settings = GenerateSettings::default();
+/// The request a body asks for, checked as `stylecode generate` checks it
+/// (its memory too, as the worker runs it: one image at a time).
+fn generate_request(body: GenerateBody, info: &WorkerInfo, lora_dir: Option<&Path>) -> ApiResult<GenerateRequest> {
+    let mut settings = GenerateSettings { loras: lora_specs(&body.loras, lora_dir)?, ..GenerateSettings::default() };
     if let Some(steps) = body.steps {
         settings.steps = steps;
     }
@@ -399,11 +468,15 @@ fn generate_request(body: GenerateBody, info: &WorkerInfo) -> ApiResult<Generate
     };
     let first =
         ImageSpec { prompt: body.prompt, negative: body.negative, seed: body.seed.unwrap_or_else(rand::random), style };
-    Ok(GenerateRequest::repeated(first, num as usize, settings))
+    let request = GenerateRequest::repeated(first, num as usize, settings);
+    if let Some(one) = request.batches(1).next() {
+        info.memory.check(&one).map_err(ApiError::bad)?;
+    }
+    Ok(request)
 }
 
 async fn generate(State(state): State<Shared>, JsonBody(body): JsonBody<GenerateBody>) -> ApiResult<Response> {
-    let request = generate_request(body, &state.info)?;
+    let request = generate_request(body, &state.info, state.loras.as_deref())?;
     let job = match state.table.submit(request) {
         Ok(job) => job,
         Err(QueueFull) => {
@@ -466,15 +539,17 @@ async fn cancel(State(state): State<Shared>, UrlPath(id): UrlPath<String>) -> Ap
     Ok(Json(status_json(job.id, &job.status())))
 }
 
-/// `progress` at every new step, then one of `done`, `error` or `cancelled`.
+/// `progress` at every new step, `preview` at each new preview, then one of
+/// `done`, `error` or `cancelled`.
 async fn events(
     State(state): State<Shared>,
     UrlPath(id): UrlPath<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let job = find_job(&state.table, &id)?;
     let receiver = job.subscribe();
-    // (receiver, last (image, step) sent, finished)
-    let updates = stream::unfold((receiver, None, false), |(mut receiver, mut sent, finished)| async move {
+    // (receiver, last (image, step) sent, last preview's (image, step) sent, finished)
+    let start = (receiver, None, None, false);
+    let updates = stream::unfold(start, |(mut receiver, mut sent, mut previewed, finished)| async move {
         if finished {
             return None;
         }
@@ -487,6 +562,12 @@ async fn events(
                 let data = json!({ "step": status.step, "steps": status.steps, "image": status.image });
                 batch.push(Event::default().event("progress").data(data.to_string()));
             }
+            if let Some(preview) = status.preview.as_ref().filter(|p| previewed != Some((p.image, p.step))) {
+                previewed = Some((preview.image, preview.step));
+                let data =
+                    json!({ "step": preview.step, "steps": status.steps, "image": preview.image, "url": preview.url });
+                batch.push(Event::default().event("preview").data(data.to_string()));
+            }
             let end = match status.state {
                 JobState::Done => Some(("done", json!({ "images": status.image_urls(), "recipe": status.recipes }))),
                 JobState::Failed => Some(("error", json!({ "error": status.error }))),
@@ -495,10 +576,10 @@ async fn events(
             };
             if let Some((name, data)) = end {
                 batch.push(Event::default().event(name).data(data.to_string()));
-                return Some((batch, (receiver, sent, true)));
+                return Some((batch, (receiver, sent, previewed, true)));
             }
             if !batch.is_empty() {
-                return Some((batch, (receiver, sent, false)));
+                return Some((batch, (receiver, sent, previewed, false)));
             }
             if receiver.changed().await.is_err() {
                 return None;
@@ -536,12 +617,22 @@ mod tests {
         router(Arc::new(AppState {
             work,
             table: Arc::new(JobTable::new(2)),
-            info: WorkerInfo { version: '1', stylecodes_dir: PathBuf::from("weights/stylecodes") },
+            info: WorkerInfo {
+                version: '1',
+                stylecodes_dir: PathBuf::from("weights/stylecodes"),
+                memory: burn_stylecode::pipeline::memory::MemoryCheck {
+                    sd15_dir: PathBuf::from("no-such-weights/sd15"),
+                    style_weights: None,
+                    dtype: burn::tensor::DType::F32,
+                    max_memory: None,
+                },
+            },
             backend: "cpu".into(),
             outputs: PathBuf::from("no-such-outputs"),
             token: token.map(str::to_string),
             loopback_only: token.is_none(),
             upload_limit,
+            loras: None,
         }))
     }
 

@@ -1,11 +1,12 @@
 //! The one thread that owns the loaded models and runs the work in order.
 
-use super::jobs::{Job, JobState, JobTable};
+use super::jobs::{Job, JobState, JobTable, Preview};
 use crate::backend::{dispatch, Job as BackendJob};
 use crate::ModelArgs;
 use burn::prelude::Backend;
 use burn::tensor::DType;
-use burn_stylecode::{write_png, EncodedStyle, Error, GeneratedImage, StyleCodes};
+use burn_stylecode::pipeline::memory::MemoryCheck;
+use burn_stylecode::{write_png, EncodedStyle, Error, GeneratedImage, Progress, StyleCodes};
 use image::RgbImage;
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -24,19 +25,30 @@ pub struct WorkerInfo {
     /// The version character of the StyleCodes weights.
     pub version: char,
     pub stylecodes_dir: PathBuf,
+    /// The generator's memory check, for requests before they are queued.
+    pub memory: MemoryCheck,
 }
+
+/// A test-only fault point: a job whose first prompt is this variable's
+/// value (read once, when the worker starts) panics, as a bug would.
+pub const PANIC_PROMPT_ENV: &str = "STYLECODE_SERVE_PANIC_PROMPT";
+
+/// Previews: after every `PREVIEW_EVERY` steps and the last, at most `PREVIEW_SIDE` pixels a side.
+const PREVIEW_EVERY: usize = 2;
+const PREVIEW_SIDE: u32 = 64;
 
 /// Starts the worker; returns once the weights' config is read (or failed to be).
 pub fn start(
     model: ModelArgs,
     dtype: Option<String>,
+    max_memory: Option<u64>,
     outputs: PathBuf,
     table: Arc<JobTable>,
 ) -> anyhow::Result<(mpsc::Sender<Work>, WorkerInfo)> {
     let (work_tx, work_rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     let kind = model.backend;
-    let worker = Worker { model, dtype, outputs, table, work: work_rx, ready: ready_tx.clone() };
+    let worker = Worker { model, dtype, max_memory, outputs, table, work: work_rx, ready: ready_tx.clone() };
     std::thread::Builder::new().name("stylecode-worker".into()).spawn(move || {
         if let Err(error) = dispatch(kind, worker) {
             let _ = ready_tx.send(Err(format!("{error:#}")));
@@ -52,6 +64,7 @@ pub fn start(
 struct Worker {
     model: ModelArgs,
     dtype: Option<String>,
+    max_memory: Option<u64>,
     outputs: PathBuf,
     table: Arc<JobTable>,
     work: mpsc::Receiver<Work>,
@@ -62,14 +75,20 @@ impl BackendJob for Worker {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) {
-        let generator = self.model.style_codes::<B>(self.dtype.as_deref(), device.clone());
+        let generator =
+            self.model.style_codes::<B>(self.dtype.as_deref(), device.clone()).with_max_memory(self.max_memory);
+        let panic_prompt = std::env::var(PANIC_PROMPT_ENV).ok();
         // Codes in f32 on every backend, as `stylecode encode` makes them.
         let encoder = (self.model.dtype(self.dtype.as_deref()) != DType::F32)
             .then(|| self.model.style_codes::<B>(Some("f32"), device));
         let encoder = encoder.as_ref().unwrap_or(&generator);
         let info = generator
             .version()
-            .map(|version| WorkerInfo { version, stylecodes_dir: generator.weights().stylecodes_dir() })
+            .map(|version| WorkerInfo {
+                version,
+                stylecodes_dir: generator.weights().stylecodes_dir(),
+                memory: generator.memory_check(),
+            })
             .map_err(|error| error.to_string());
         let started = info.is_ok();
         let _ = self.ready.send(info);
@@ -90,6 +109,11 @@ impl BackendJob for Worker {
                 Work::Generate(job) => {
                     self.table.taken();
                     let outcome = catch_unwind(AssertUnwindSafe(|| {
+                        if panic_prompt.is_some()
+                            && job.request.images.first().map(|i| &i.prompt) == panic_prompt.as_ref()
+                        {
+                            panic!("{PANIC_PROMPT_ENV} fault point");
+                        }
                         run_job(&generator, &job, &self.outputs, &format!("{session}-{}", job.id))
                     }));
                     job.update(|status| match outcome {
@@ -127,10 +151,14 @@ fn run_job<B: Backend>(styles: &StyleCodes<B>, job: &Job, outputs: &Path, stem: 
     job.update(|status| status.state = JobState::Running);
     for (index, one) in job.request.batches(1).enumerate() {
         let made = styles.generate(&one, |progress| {
+            let preview = wants_preview(&progress).then(|| preview_url(&progress)).flatten();
             job.update(|status| {
                 status.image = index;
                 status.step = progress.step;
                 status.steps = progress.steps;
+                if let Some(url) = preview {
+                    status.preview = Some(Preview { image: index, step: progress.step, url });
+                }
             });
             if job.cancel_requested() {
                 ControlFlow::Break(())
@@ -149,6 +177,20 @@ fn run_job<B: Backend>(styles: &StyleCodes<B>, job: &Job, outputs: &Path, stem: 
         }
     }
     Ok(())
+}
+
+fn wants_preview(progress: &Progress) -> bool {
+    progress.step.is_multiple_of(PREVIEW_EVERY) || progress.step == progress.steps
+}
+
+/// The first image of the batch as it stands, as a PNG data URL; none if
+/// it cannot be made (a preview is not worth failing the job for).
+fn preview_url(progress: &Progress) -> Option<String> {
+    use base64::Engine;
+    let image = progress.preview(PREVIEW_SIDE).ok()?.into_iter().next()?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut png, image::ImageFormat::Png).ok()?;
+    Some(format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png.into_inner())))
 }
 
 /// Writes `stem.png`, or `stem-2.png`… if taken: never over another file.

@@ -32,6 +32,11 @@ impl Server {
 
     /// The same on another weights folder.
     pub fn start_on(weights: &str, extra: &[&str]) -> Server {
+        Self::start_with_env(weights, extra, &[])
+    }
+
+    /// The same with environment variables set for the server.
+    pub fn start_with_env(weights: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let outputs = dir.path().join("outputs");
         let mut child = Command::new(env!("CARGO_BIN_EXE_stylecode"))
@@ -39,6 +44,7 @@ impl Server {
             .arg(&outputs)
             .args(extra)
             .env_remove("STYLECODE_WEIGHTS")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -19,7 +19,7 @@ use crate::sd::unet_2d::UNetConfig;
 use crate::sd::vae::VaeConfig;
 use crate::weights::{JsonConfig, TensorFile};
 use burn::tensor::DType;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// UNet activation elements per latent pixel and image (per guidance copy), in units of c₀.
 const UNET_PER_LATENT_PIXEL: u64 = 20;
@@ -155,6 +155,42 @@ pub fn check(estimate: &MemoryEstimate, shape: &GenerationShape, limit: Option<(
         ),
         limit: format!("{} ({source})", human_bytes(limit)),
     })
+}
+
+/// A handle's memory check, apart from the handle, so a request can be
+/// checked where the models are not (the server checks before queueing).
+#[derive(Debug, Clone)]
+pub struct MemoryCheck {
+    pub sd15_dir: PathBuf,
+    /// The StyleCodes weights file, counted for styled batches.
+    pub style_weights: Option<PathBuf>,
+    pub dtype: DType,
+    /// `--max-memory`; the machine's available memory always applies too.
+    pub max_memory: Option<u64>,
+}
+
+impl MemoryCheck {
+    /// Refuses `request` before anything is allocated if one of its batches
+    /// (styled and plain images run apart) is estimated over the limit.
+    pub fn check(&self, request: &super::GenerateRequest) -> Result<()> {
+        let limit = limit(self.max_memory, available_memory());
+        for group in request.images.chunk_by(|a, b| a.style.is_none() == b.style.is_none()) {
+            let styled = !group[0].style.is_none();
+            let settings = &request.settings;
+            let shape = GenerationShape {
+                width: settings.width,
+                height: settings.height,
+                batch: group.len(),
+                guided: settings.guidance(styled) > 1.0,
+                styled,
+            };
+            // Unreadable weights are left to the loader, whose errors say how to fix them.
+            if let Ok(estimate) = estimate(&self.sd15_dir, self.style_weights.as_deref(), &shape, self.dtype) {
+                check(&estimate, &shape, limit)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

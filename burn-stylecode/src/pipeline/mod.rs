@@ -5,11 +5,13 @@
 pub mod memory;
 mod png_text;
 mod recipe;
+mod replay;
 mod request;
 mod weights_dir;
 
 pub use png_text::{read_png_text, read_png_text_bytes, write_png};
-pub use recipe::{Recipe, RecipeLora};
+pub use recipe::{pixels_sha256, Recipe, RecipeLora};
+pub use replay::Replay;
 pub use request::{GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, InitImage, Progress, Style};
 pub use weights_dir::{WeightsDir, WEIGHTS_ENV};
 
@@ -52,6 +54,7 @@ pub struct StyleCodes<B: Backend> {
     /// those LoRAs as recipes record them.
     sd: Mutex<Option<LoadedSd<B>>>,
     sd15_sha256: OnceLock<String>,
+    stylecodes_sha256: OnceLock<String>,
     backend: String,
     /// A cap on a generation's estimated memory (`memory::check`).
     max_memory: Option<u64>,
@@ -66,6 +69,28 @@ pub fn vae_pixels<B: Backend>(image: &RgbImage, width: usize, height: usize, dev
         values.extend(resized.pixels().map(|p| 2.0 * (f32::from(p.0[c]) / 255.0) - 1.0));
     }
     Tensor::from_data(TensorData::new(values, [1, 3, height, width]), device)
+}
+
+/// The sha256 of the lines `REL_PATH SHA256` of the files `rels` under
+/// `dir`, each file's sha256 taken from the folder's `manifest.json` (as
+/// the import writes it) when it lists the file with its size, else computed.
+fn files_identity(dir: &std::path::Path, rels: &[&str]) -> Result<String> {
+    let manifest = crate::import::Manifest::read(dir).ok();
+    let mut digest = Sha256::new();
+    for rel in rels {
+        let path = dir.join(rel);
+        let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+        let listed = manifest
+            .as_ref()
+            .and_then(|m| m.files.iter().find(|f| f.path == *rel && f.bytes == size))
+            .map(|f| f.sha256.clone());
+        let sha256 = match listed {
+            Some(sha256) => sha256,
+            None => crate::import::sha256_file(&path).map_err(|e| Error::io(&path, e))?,
+        };
+        digest.update(format!("{rel} {sha256}\n"));
+    }
+    Ok(crate::import::hex_digest(digest))
 }
 
 /// SD1.5 as loaded, with its LoRAs as recipes record them.
@@ -95,6 +120,7 @@ impl<B: Backend> StyleCodes<B> {
             control: OnceLock::new(),
             sd: Mutex::new(None),
             sd15_sha256: OnceLock::new(),
+            stylecodes_sha256: OnceLock::new(),
             backend: "cpu".into(),
             max_memory: None,
         }
@@ -120,31 +146,28 @@ impl<B: Backend> StyleCodes<B> {
     }
 
     /// The identity of the SD1.5 weights: the sha256 of the lines
-    /// `REL_PATH SHA256` of its UNet, text encoder and VAE weights files,
-    /// each file's sha256 taken from the folder's `manifest.json` when it
-    /// lists the file with its size, else computed (once per handle).
+    /// `REL_PATH SHA256` of its UNet, text encoder and VAE weights files
+    /// ([`files_identity`]; once per handle).
     pub fn sd15_sha256(&self) -> Result<&str> {
         get_or_load(&self.sd15_sha256, || {
-            let manifest = crate::import::Manifest::read(&self.sd15_dir).ok();
-            let mut digest = Sha256::new();
-            for rel in [
-                "unet/diffusion_pytorch_model.safetensors",
-                "text_encoder/model.safetensors",
-                "vae/diffusion_pytorch_model.safetensors",
-            ] {
-                let path = self.sd15_dir.join(rel);
-                let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
-                let listed = manifest
-                    .as_ref()
-                    .and_then(|m| m.files.iter().find(|f| f.path == rel && f.bytes == size))
-                    .map(|f| f.sha256.clone());
-                let sha256 = match listed {
-                    Some(sha256) => sha256,
-                    None => crate::import::sha256_file(&path).map_err(|e| Error::io(&path, e))?,
-                };
-                digest.update(format!("{rel} {sha256}\n"));
-            }
-            Ok(crate::import::hex_digest(digest))
+            files_identity(
+                &self.sd15_dir,
+                &[
+                    "unet/diffusion_pytorch_model.safetensors",
+                    "text_encoder/model.safetensors",
+                    "vae/diffusion_pytorch_model.safetensors",
+                ],
+            )
+        })
+        .map(String::as_str)
+    }
+
+    /// The identity of the StyleCodes weights file, as [`sd15_sha256`](Self::sd15_sha256).
+    pub fn stylecodes_sha256(&self) -> Result<&str> {
+        get_or_load(&self.stylecodes_sha256, || {
+            let file = self.weights.stylecodes_weights()?;
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            files_identity(&self.weights.stylecodes_dir(), &[&name])
         })
         .map(String::as_str)
     }
@@ -245,6 +268,8 @@ impl<B: Backend> StyleCodes<B> {
     /// The control branch, shaped after the base UNet.
     pub fn control(&self) -> Result<&StyleControl<B>> {
         get_or_load(&self.control, || {
+            // The identity is taken with the weights, which are not read again.
+            self.stylecodes_sha256()?;
             let base = UNetConfig::from_file(&self.sd15_dir.join("unet").join("config.json"))?;
             let config = self.stylecodes_config()?;
             check_fits_base(&config.autoencoder, &base)?;
@@ -276,38 +301,29 @@ impl<B: Backend> StyleCodes<B> {
         mut progress: impl FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<Vec<GeneratedImage>> {
         request.settings.validate()?;
-        self.check_memory(request)?;
+        self.memory_check().check(request)?;
         let mut images = Vec::with_capacity(request.images.len());
         let mut first = 0;
         for group in request.images.chunk_by(|a, b| a.style.is_none() == b.style.is_none()) {
-            let on_step = |step, steps| progress(Progress { step, steps, first_image: first, batch: group.len() });
+            let on_step = |step, steps, latents: &Tensor<B, 4>| {
+                let preview = |max_side| crate::sd::preview::latent_preview(latents, max_side);
+                progress(Progress { step, steps, first_image: first, batch: group.len(), preview: &preview })
+            };
             images.extend(self.generate_batch(group, &request.settings, on_step)?);
             first += group.len();
         }
         Ok(images)
     }
 
-    /// Refuses the request before anything is allocated if its largest batch
-    /// is estimated over the memory limit.
-    fn check_memory(&self, request: &GenerateRequest) -> Result<()> {
-        let limit = memory::limit(self.max_memory, memory::available_memory());
-        for group in request.images.chunk_by(|a, b| a.style.is_none() == b.style.is_none()) {
-            let styled = !group[0].style.is_none();
-            let settings = &request.settings;
-            let shape = memory::GenerationShape {
-                width: settings.width,
-                height: settings.height,
-                batch: group.len(),
-                guided: settings.guidance(styled) > 1.0,
-                styled,
-            };
-            let style_weights = if styled { self.weights.stylecodes_weights().ok() } else { None };
-            // Unreadable weights are left to the loader, whose errors say how to fix them.
-            if let Ok(estimate) = memory::estimate(&self.sd15_dir, style_weights.as_deref(), &shape, self.dtype) {
-                memory::check(&estimate, &shape, limit)?;
-            }
+    /// The memory check [`generate`](Self::generate) applies, to run
+    /// elsewhere (before queueing a request).
+    pub fn memory_check(&self) -> memory::MemoryCheck {
+        memory::MemoryCheck {
+            sd15_dir: self.sd15_dir.clone(),
+            style_weights: self.weights.stylecodes_weights().ok(),
+            dtype: self.dtype,
+            max_memory: self.max_memory,
         }
-        Ok(())
     }
 
     /// Images that all have a style, or all have none.
@@ -315,7 +331,7 @@ impl<B: Backend> StyleCodes<B> {
         &self,
         specs: &[ImageSpec],
         settings: &GenerateSettings,
-        on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
+        on_step: impl FnMut(usize, usize, &Tensor<B, 4>) -> ControlFlow<()>,
     ) -> Result<Vec<GeneratedImage>> {
         let styled = specs.iter().any(|spec| !spec.style.is_none());
         let sd_settings = Settings {
@@ -331,10 +347,8 @@ impl<B: Backend> StyleCodes<B> {
         let seeds: Vec<u64> = specs.iter().map(|s| s.seed).collect();
         let (sd, lora_recipes) = self.loaded_sd(&settings.loras)?;
         let model_sha256 = self.sd15_sha256()?.to_string();
-        let init_image = settings
-            .init_image
-            .as_ref()
-            .map(|init| (crate::import::hex_digest(Sha256::new().chain_update(init.image.as_raw())), init.strength));
+        let style_model_sha256 = if styled { Some(self.stylecodes_sha256()?.to_string()) } else { None };
+        let init_image = settings.init_image.as_ref().map(|init| (recipe::pixels_sha256(&init.image), init.strength));
         let init = settings.init_image.as_ref().map(|init| sd_pipeline::InitImage {
             pixels: vae_pixels(&init.image, settings.width, settings.height, &self.device).cast(self.dtype),
             strength: init.strength,
@@ -350,7 +364,8 @@ impl<B: Backend> StyleCodes<B> {
                     Style::None => unreachable!("a batch is all styled or all plain"),
                 };
                 values.extend(latent);
-                codes.push(Some(code.to_paper()));
+                // The latent is recorded too where the code alone would not give it back.
+                codes.push(Some((code.to_paper(), (latent != code.latent()).then_some(latent))));
             }
             let latents = Tensor::<B, 1>::from_floats(values.as_slice(), &self.device).reshape([specs.len(), CODE_LEN]);
             let condition = StyleCondition {
@@ -373,7 +388,7 @@ impl<B: Backend> StyleCodes<B> {
             .into_iter()
             .zip(specs)
             .zip(codes)
-            .map(|((image, spec), stylecode)| GeneratedImage {
+            .map(|((image, spec), style)| GeneratedImage {
                 image,
                 recipe: Recipe {
                     prompt: spec.prompt.clone(),
@@ -385,8 +400,10 @@ impl<B: Backend> StyleCodes<B> {
                     guidance_scale: sd_settings.guidance_scale,
                     width: settings.width,
                     height: settings.height,
-                    style_scale: stylecode.is_some().then_some(settings.style_scale),
-                    stylecode,
+                    style_scale: style.is_some().then_some(settings.style_scale),
+                    style_latent: style.as_ref().and_then(|(_, latent)| *latent),
+                    style_model_sha256: style_model_sha256.clone(),
+                    stylecode: style.map(|(code, _)| code),
                     model_sha256: Some(model_sha256.clone()),
                     loras: lora_recipes.clone(),
                     init_image: init_image.clone(),

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::sd::schedulers::SchedulerKind;
+use crate::style::code::CODE_LEN;
 
 /// Everything needed to make an image again.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,8 +19,13 @@ pub struct Recipe {
     /// The code of the style (a blend's nearest code), if any.
     pub stylecode: Option<String>,
     pub style_scale: Option<f64>,
+    /// The style's latent when it is not the code's own (a blend, an exact
+    /// latent): the code alone would not make the same image again.
+    pub style_latent: Option<[f32; CODE_LEN]>,
     /// sha256 of the SD1.5 weights (see [`super::StyleCodes::sd15_sha256`]).
     pub model_sha256: Option<String>,
+    /// With a style: sha256 of the StyleCodes weights (see [`super::StyleCodes::stylecodes_sha256`]).
+    pub style_model_sha256: Option<String>,
     /// The LoRAs merged, in order.
     pub loras: Vec<RecipeLora>,
     /// img2img: sha256 of the init image's RGB pixels, and the strength.
@@ -61,7 +67,8 @@ impl RecipeLora {
 impl Recipe {
     /// The PNG text chunks: `prompt`, `negative_prompt`, `seed`, `steps`,
     /// `scheduler`, `guidance_scale`, `width`, `height`, then `karras` (when
-    /// on), `stylecode` and `style_scale` (when styled), `model_sha256`,
+    /// on), `stylecode`, `style_scale`, `style_latent` (20 comma-separated
+    /// values, when not the code's) and `style_model_sha256` (when styled), `model_sha256`,
     /// `loras` (one `NAME:W:TE_W:SHA256` line each), `init_image_sha256` and
     /// `strength` (img2img), `backend`, `dtype`, and last the A1111-style
     /// `parameters`.
@@ -84,6 +91,12 @@ impl Recipe {
         }
         if let Some(scale) = self.style_scale {
             text.push(("style_scale", scale.to_string()));
+        }
+        if let Some(latent) = &self.style_latent {
+            text.push(("style_latent", latent.map(|x| x.to_string()).join(",")));
+        }
+        if let Some(sha256) = &self.style_model_sha256 {
+            text.push(("style_model_sha256", sha256.clone()));
         }
         if let Some(sha256) = &self.model_sha256 {
             text.push(("model_sha256", sha256.clone()));
@@ -172,6 +185,8 @@ impl Recipe {
             height: parse("height", required("height")?)?,
             stylecode: get("stylecode").map(str::to_string),
             style_scale: get("style_scale").map(|v| parse("style_scale", v)).transpose()?,
+            style_latent: get("style_latent").map(parse_latent).transpose()?,
+            style_model_sha256: get("style_model_sha256").map(str::to_string),
             model_sha256: get("model_sha256").map(str::to_string),
             loras: get("loras").map(|v| v.lines().map(RecipeLora::parse).collect()).transpose()?.unwrap_or_default(),
             init_image: match (get("init_image_sha256"), get("strength")) {
@@ -182,6 +197,19 @@ impl Recipe {
             dtype: get("dtype").map(str::to_string),
         })
     }
+}
+
+/// The sha256 of an image's RGB bytes, as recipes record an init image.
+pub fn pixels_sha256(image: &image::RgbImage) -> String {
+    use sha2::{Digest, Sha256};
+    crate::import::hex_digest(Sha256::new().chain_update(image.as_raw()))
+}
+
+/// 20 comma-separated values, as `text_chunks` writes `style_latent`.
+fn parse_latent(text: &str) -> Result<[f32; CODE_LEN]> {
+    let bad = || Error::InvalidRequest(format!("text chunk `style_latent` = {text:?} is not {CODE_LEN} numbers"));
+    let values: Vec<f32> = text.split(',').map(|v| v.trim().parse().map_err(|_| bad())).collect::<Result<_>>()?;
+    values.try_into().map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -202,6 +230,8 @@ mod tests {
             height: 48,
             stylecode: Some("C/d/AAI/rQglIvUb1/fC1".into()),
             style_scale: Some(0.25),
+            style_latent: Some(std::array::from_fn(|k| k as f32 / 7.0 - 1.0)),
+            style_model_sha256: Some("12".repeat(32)),
             model_sha256: Some("ab".repeat(32)),
             loras: vec![RecipeLora {
                 name: "c:/x/a b.safetensors".into(),
@@ -221,6 +251,8 @@ mod tests {
             karras: false,
             stylecode: None,
             style_scale: None,
+            style_latent: None,
+            style_model_sha256: None,
             model_sha256: None,
             loras: Vec::new(),
             init_image: None,

@@ -144,14 +144,36 @@ impl GenerateRequest {
 }
 
 /// Where a generation is: after `step` of `steps` denoising steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
+#[derive(Clone, Copy)]
+pub struct Progress<'a> {
     pub step: usize,
     pub steps: usize,
     /// Index in the request of the first image of the batch running.
     pub first_image: usize,
     /// Images in that batch.
     pub batch: usize,
+    /// The batch's latents as small RGB images, made only when asked.
+    pub(super) preview: &'a dyn Fn(u32) -> crate::error::Result<Vec<RgbImage>>,
+}
+
+impl Progress<'_> {
+    /// The batch's images as they stand: the current latents through a
+    /// cheap linear latent → RGB map (no VAE), one image per image of the
+    /// batch, at most `max_side` pixels a side ([`crate::sd::preview`]).
+    pub fn preview(&self, max_side: u32) -> crate::error::Result<Vec<RgbImage>> {
+        (self.preview)(max_side)
+    }
+}
+
+impl std::fmt::Debug for Progress<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("step", &self.step)
+            .field("steps", &self.steps)
+            .field("first_image", &self.first_image)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One finished image and how to make it again.

@@ -10,6 +10,7 @@ pub mod embeddings;
 pub mod ldm_names;
 pub mod lora;
 pub mod pipeline;
+pub mod preview;
 pub mod resnet;
 pub mod schedulers;
 pub mod tokenizer;

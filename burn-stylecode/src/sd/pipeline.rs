@@ -266,8 +266,26 @@ impl<B: Backend> StableDiffusion<B> {
         context: &Tensor<B, 3>,
         settings: &Settings,
         sources: &mut [NoiseSource],
-        mut predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
+        predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
         mut on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
+    ) -> Result<Tensor<B, 4>> {
+        let on_step = |done, total, _: &Tensor<B, 4>| on_step(done, total);
+        self.denoise_watched(init, noise, context, settings, sources, predict, on_step)
+    }
+
+    /// [`denoise_from`](Self::denoise_from), with `on_step(done, total,
+    /// latents)` also seeing the latents after each step (for a preview;
+    /// nothing is read back unless it asks).
+    #[allow(clippy::too_many_arguments)]
+    pub fn denoise_watched(
+        &self,
+        init: Option<InitLatents<B>>,
+        noise: Tensor<B, 4>,
+        context: &Tensor<B, 3>,
+        settings: &Settings,
+        sources: &mut [NoiseSource],
+        mut predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
+        mut on_step: impl FnMut(usize, usize, &Tensor<B, 4>) -> ControlFlow<()>,
     ) -> Result<Tensor<B, 4>> {
         let mut scheduler =
             build_scheduler::<B>(settings.scheduler, &self.scheduler_config, settings.steps, settings.karras)
@@ -307,7 +325,7 @@ impl<B: Backend> StableDiffusion<B> {
             let step_noise = (settings.scheduler == SchedulerKind::EulerAncestral)
                 .then(|| self.tensor(sources.iter_mut().flat_map(|s| s.normal(c * h * w)).collect(), [batch, c, h, w]));
             latents = scheduler.step(prediction, index, latents, step_noise);
-            if on_step(index + 1 - start, run).is_break() {
+            if on_step(index + 1 - start, run, &latents).is_break() {
                 return Err(Error::Cancelled);
             }
         }
@@ -360,15 +378,17 @@ impl<B: Backend> StableDiffusion<B> {
         seeds: &[u64],
         settings: &Settings,
         predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
-        on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
+        mut on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor<B, 4>> {
+        let on_step = |done, total, _: &Tensor<B, 4>| on_step(done, total);
         self.generate_latents_from(None, prompts, negatives, seeds, settings, predict, on_step)
     }
 
     /// [`generate_latents`](Self::generate_latents), for img2img from
     /// `init` when given: every image starts from it. Each image's seed
     /// gives, in order, the VAE posterior's noise, the noise added to the
-    /// init latents, then the ancestral sampler's.
+    /// init latents, then the ancestral sampler's. `on_step` sees the
+    /// latents too, as in [`denoise_watched`](Self::denoise_watched).
     #[allow(clippy::too_many_arguments)]
     pub fn generate_latents_from(
         &self,
@@ -378,7 +398,7 @@ impl<B: Backend> StableDiffusion<B> {
         seeds: &[u64],
         settings: &Settings,
         predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
-        on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
+        on_step: impl FnMut(usize, usize, &Tensor<B, 4>) -> ControlFlow<()>,
     ) -> Result<Tensor<B, 4>> {
         settings.validate()?;
         if negatives.len() != prompts.len() || seeds.len() != prompts.len() {
@@ -412,7 +432,7 @@ impl<B: Backend> StableDiffusion<B> {
         };
         let noise = self.initial_noise(&mut sources, settings);
         let context = self.text_context(prompts, negatives, settings)?;
-        self.denoise_from(init, noise, &context, settings, &mut sources, predict, on_step)
+        self.denoise_watched(init, noise, &context, settings, &mut sources, predict, on_step)
     }
 }
 
