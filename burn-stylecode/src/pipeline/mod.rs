@@ -11,7 +11,7 @@ mod weights_dir;
 pub use png_text::{read_png_text, read_png_text_bytes, write_png};
 pub use recipe::{Recipe, RecipeLora};
 pub use request::{GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, InitImage, Progress, Style};
-pub use weights_dir::{WeightsDir, WEIGHTS_ENV};
+pub use weights_dir::{WeightsDir, WeightsOrigin, WEIGHTS_ENV};
 
 use crate::error::{Error, Result};
 use crate::sd::lora::LoraSpec;
@@ -125,14 +125,15 @@ impl<B: Backend> StyleCodes<B> {
     /// lists the file with its size, else computed (once per handle).
     pub fn sd15_sha256(&self) -> Result<&str> {
         get_or_load(&self.sd15_sha256, || {
-            let manifest = crate::import::Manifest::read(&self.sd15_dir).ok();
+            let sd15_dir = self.sd15()?;
+            let manifest = crate::import::Manifest::read(&sd15_dir).ok();
             let mut digest = Sha256::new();
             for rel in [
                 "unet/diffusion_pytorch_model.safetensors",
                 "text_encoder/model.safetensors",
                 "vae/diffusion_pytorch_model.safetensors",
             ] {
-                let path = self.sd15_dir.join(rel);
+                let path = sd15_dir.join(rel);
                 let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
                 let listed = manifest
                     .as_ref()
@@ -147,6 +148,16 @@ impl<B: Backend> StyleCodes<B> {
             Ok(crate::import::hex_digest(digest))
         })
         .map(String::as_str)
+    }
+
+    /// The SD1.5 folder: the weights folder's, checked to be there, or the
+    /// one given to [`Self::with_sd15_dir`] (whose loader errors name it).
+    fn sd15(&self) -> Result<PathBuf> {
+        if self.sd15_dir == self.weights.sd15_dir() {
+            self.weights.sd15()
+        } else {
+            Ok(self.sd15_dir.clone())
+        }
     }
 
     pub fn weights(&self) -> &WeightsDir {
@@ -221,7 +232,7 @@ impl<B: Backend> StyleCodes<B> {
         *slot = None;
         // The identity is taken with the weights, which are not read again.
         self.sd15_sha256()?;
-        let sd = Arc::new(StableDiffusion::load_with_loras(&self.sd15_dir, loras, self.dtype, &self.device)?);
+        let sd = Arc::new(StableDiffusion::load_with_loras(&self.sd15()?, loras, self.dtype, &self.device)?);
         let recipes = loras
             .iter()
             .map(|spec| {
@@ -245,7 +256,7 @@ impl<B: Backend> StyleCodes<B> {
     /// The control branch, shaped after the base UNet.
     pub fn control(&self) -> Result<&StyleControl<B>> {
         get_or_load(&self.control, || {
-            let base = UNetConfig::from_file(&self.sd15_dir.join("unet").join("config.json"))?;
+            let base = UNetConfig::from_file(&self.sd15()?.join("unet").join("config.json"))?;
             let config = self.stylecodes_config()?;
             check_fits_base(&config.autoencoder, &base)?;
             StyleControl::load(&config.control(&base), &self.stylecodes_file()?, self.dtype, &self.device)
