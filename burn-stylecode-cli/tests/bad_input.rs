@@ -45,7 +45,12 @@ fn encode_with(weights: &Path, names: &[&dyn std::fmt::Display]) -> Run {
 }
 
 /// `generate` of one tiny image into `work/out`, with `extra` arguments.
-fn generate(work: &Path, weights: &Path, extra: &[&dyn AsRef<std::ffi::OsStr>], names: &[&dyn std::fmt::Display]) -> Run {
+fn generate(
+    work: &Path,
+    weights: &Path,
+    extra: &[&dyn AsRef<std::ffi::OsStr>],
+    names: &[&dyn std::fmt::Display],
+) -> Run {
     let target = out(work).join("image.png");
     let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"generate", &"--prompt", &"a cat", &"--steps", &"1"];
     args.extend([&"--width" as &dyn AsRef<std::ffi::OsStr>, &"32", &"--height", &"32", &"--quiet"]);
@@ -124,19 +129,13 @@ const CASES: &[(&str, Setup)] = &[
     }),
     // --- weights files ---
     ("encode with NaN in a SigLIP tensor", |w| {
-        let (weights, f) = broken_siglip(
-            w,
-            |t| tensor(t, SIGLIP_KEY).3[..4].copy_from_slice(&f32::NAN.to_le_bytes()),
-            None,
-        );
+        let (weights, f) =
+            broken_siglip(w, |t| tensor(t, SIGLIP_KEY).3[..4].copy_from_slice(&f32::NAN.to_le_bytes()), None);
         encode_with(&weights, &[&f.display(), &SIGLIP_KEY, &"NaN"])
     }),
     ("encode with an infinity in a SigLIP tensor", |w| {
-        let (weights, f) = broken_siglip(
-            w,
-            |t| tensor(t, SIGLIP_KEY).3[4..8].copy_from_slice(&f32::NEG_INFINITY.to_le_bytes()),
-            None,
-        );
+        let (weights, f) =
+            broken_siglip(w, |t| tensor(t, SIGLIP_KEY).3[4..8].copy_from_slice(&f32::NEG_INFINITY.to_le_bytes()), None);
         encode_with(&weights, &[&f.display(), &SIGLIP_KEY])
     }),
     ("encode with an int tensor where a float is expected", |w| {
@@ -317,7 +316,10 @@ const CASES: &[(&str, Setup)] = &[
     }),
     ("mix a code with a bad weight", |_| run(&[&"mix", &"C/d/AAI/rQglIvUb1/fC1:x"], &[&"C/d/AAI/rQglIvUb1/fC1:x"])),
     ("random with a bad version", |_| run(&[&"random", &"--version", &"!"], &[&"!"])),
-    ("inspect a non-UTF-8 code", |_| Run { args: vec!["inspect".into(), OsString::from_vec(b"A\xff".to_vec())], names: vec![] }),
+    ("inspect a non-UTF-8 code", |_| Run {
+        args: vec!["inspect".into(), OsString::from_vec(b"A\xff".to_vec())],
+        names: vec![],
+    }),
     // `reproduce` (being added on another branch): its cases go here.
 ];
 
@@ -354,10 +356,7 @@ fn stylecode(work: &Path, args: &[OsString]) -> (Option<std::process::ExitStatus
 /// Every file under `dir` (empty folders are not files).
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
-    entries
-        .flatten()
-        .flat_map(|e| if e.path().is_dir() { files_under(&e.path()) } else { vec![e.path()] })
-        .collect()
+    entries.flatten().flat_map(|e| if e.path().is_dir() { files_under(&e.path()) } else { vec![e.path()] }).collect()
 }
 
 /// A part of `message` (between `: `) of some length that occurs twice: a
@@ -376,9 +375,9 @@ fn check(status: Option<std::process::ExitStatus>, stderr: &str, names: &[String
     if stderr.contains("panicked") || stderr.contains("backtrace") || stderr.contains("RUST_BACKTRACE") {
         return Err("panicked".into());
     }
-    // clap adds a hint line after its own one-line errors.
-    let lines: Vec<&str> =
-        stderr.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("For more information")).collect();
+    // clap follows its one-line errors with the usage and a hint.
+    let hint = |l: &str| l.starts_with("For more information") || l.starts_with("Usage: ");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty() && !hint(l)).collect();
     let [line] = lines.as_slice() else { return Err(format!("{} lines, expected one", lines.len())) };
     if !line.starts_with("error: ") {
         return Err("the line does not start with `error: `".into());
@@ -419,7 +418,9 @@ fn every_command_refuses_bad_input_in_one_line_and_leaves_nothing() {
 
 #[test]
 fn the_checker_catches_what_it_must() {
-    assert_eq!(repeated_part("a.png: No such file or directory (os error 2): No such file or directory (os error 2)"),
-        Some("No such file or directory (os error 2)"));
+    assert_eq!(
+        repeated_part("a.png: No such file or directory (os error 2): No such file or directory (os error 2)"),
+        Some("No such file or directory (os error 2)")
+    );
     assert_eq!(repeated_part("error: a.png: cannot decode image: not a PNG or JPEG file"), None);
 }

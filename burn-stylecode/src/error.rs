@@ -177,6 +177,26 @@ fn missing_weights(root: &Path, why: &str, model: &str, missing: &Path, fix: &st
     if missing == root {
         format!("the weights folder {} ({why}) does not exist, so there are no {model} weights; {fix}", root.display())
     } else {
-        format!("no {model} weights: {} does not exist (weights folder {}, {why}); {fix}", missing.display(), root.display())
+        format!(
+            "no {model} weights: {} does not exist (weights folder {}, {why}); {fix}",
+            missing.display(),
+            root.display()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_says_its_os_message_once_and_names_the_users_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("absent/out.png");
+        let cause = tempfile::Builder::new().tempfile_in(dir.path().join("absent")).unwrap_err();
+        let text = Error::io(&target, cause).to_string();
+        let os = std::io::Error::from_raw_os_error(2).to_string();
+        assert_eq!(text, format!("{}: {os}", target.display()));
+        assert!(std::error::Error::source(&Error::io(&target, std::io::Error::from_raw_os_error(2))).is_none());
     }
 }

@@ -148,7 +148,8 @@ impl TensorFile {
             return self.finite(key, data, bytemuck::cast_slice(&values), DType::F32);
         }
         if stored == dtype && (bytes.as_ptr() as usize).is_multiple_of(dtype.size()) {
-            let data = TensorData::from_bytes(Bytes::from_shared(bytes.clone(), AllocationProperty::File), shape, dtype);
+            let data =
+                TensorData::from_bytes(Bytes::from_shared(bytes.clone(), AllocationProperty::File), shape, dtype);
             return self.finite(key, data, &bytes, stored);
         }
         let data = convert(&bytes, stored, dtype, shape).ok_or_else(|| Error::UnsupportedDtype {
