@@ -1,12 +1,21 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong, each naming the file, key or value at fault.
+///
+/// One convention for causes: an error's message is whole, so it includes
+/// its cause's text and does not also hand the cause out as `source()`
+/// (printers that walk the chain, as anyhow's `{:#}`, would repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{}: invalid JSON: {source}", path.display())]
-    Json { path: PathBuf, source: serde_json::Error },
+    #[error("{}: {}", path.display(), os_message(cause))]
+    Io { path: PathBuf, cause: std::io::Error },
+    #[error("{}: invalid JSON: {cause}", path.display())]
+    Json { path: PathBuf, cause: serde_json::Error },
+    /// A model (or one of its files) absent from the weights folder.
+    /// `missing` is the folder itself, the model's folder or a file in it;
+    /// `why` says how the folder was chosen, `fix` the command that helps.
+    #[error("{}", missing_weights(root, why, model, missing, fix))]
+    MissingWeights { root: PathBuf, why: &'static str, model: &'static str, missing: PathBuf, fix: String },
     #[error("{}: not a valid safetensors file: {message}", path.display())]
     Safetensors { path: PathBuf, message: String },
     #[error("{}: missing tensor `{key}` (needed by {module})", path.display())]
@@ -17,6 +26,13 @@ pub enum Error {
     UnsupportedDtype { path: PathBuf, key: String, dtype: String },
     #[error("{}: {} unexpected tensor(s) under `{prefix}`: {}", path.display(), keys.len(), preview(keys))]
     UnexpectedTensors { path: PathBuf, prefix: String, keys: Vec<String> },
+    /// NaN or infinite values in a weights tensor, found as it is read.
+    #[error(
+        "{}: tensor `{key}` has {count} NaN or infinite value(s){}",
+        path.display(),
+        if *overflow { " once cast to f16 (its values exceed f16's range: load it in f32, e.g. --dtype f32)" } else { "" }
+    )]
+    NonFiniteTensor { path: PathBuf, key: String, count: usize, overflow: bool },
     #[error("{}: tensor `{key}` does not match the value it must have: {message}", path.display())]
     BadBuffer { path: PathBuf, key: String, message: String },
     #[error("{}: no tensors for {module} found under any of the prefixes {prefixes:?}", path.display())]
@@ -27,9 +43,9 @@ pub enum Error {
     Config { path: PathBuf, message: String },
     #[error("{}: cannot load {module}: {message}", path.display())]
     Load { path: PathBuf, module: String, message: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Code(#[from] CodeError),
-    #[error("{0}")]
+    #[error(transparent)]
     Blend(#[from] BlendError),
     /// Models that do not fit together (a width one makes and another reads).
     #[error("{0}")]
@@ -142,7 +158,51 @@ pub enum BlendError {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+    pub(crate) fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
+        Error::Io { path: path.into(), cause }
+    }
+}
+
+/// The OS's own words for an io error: the innermost cause, without the
+/// ` at path "…"` that `tempfile` appends (its temporary name means nothing
+/// to the user; the error names the user's path instead).
+pub(crate) fn os_message(error: &std::io::Error) -> String {
+    let mut inner: &dyn std::error::Error = error;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    let text = inner.to_string();
+    match text.rfind(" at path \"") {
+        Some(at) if text.ends_with('"') => text[..at].to_string(),
+        _ => text,
+    }
+}
+
+/// The weights folder or one model in it is missing: which, where, why there, and the fix.
+fn missing_weights(root: &Path, why: &str, model: &str, missing: &Path, fix: &str) -> String {
+    if missing == root {
+        format!("the weights folder {} ({why}) does not exist, so there are no {model} weights; {fix}", root.display())
+    } else {
+        format!(
+            "no {model} weights: {} does not exist (weights folder {}, {why}); {fix}",
+            missing.display(),
+            root.display()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_says_its_os_message_once_and_names_the_users_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("absent/out.png");
+        let cause = tempfile::Builder::new().tempfile_in(dir.path().join("absent")).unwrap_err();
+        let text = Error::io(&target, cause).to_string();
+        let os = std::io::Error::from_raw_os_error(2).to_string();
+        assert_eq!(text, format!("{}: {os}", target.display()));
+        assert!(std::error::Error::source(&Error::io(&target, std::io::Error::from_raw_os_error(2))).is_none());
     }
 }

@@ -1,32 +1,40 @@
 //! NaN and infinities out of the UNet or the VAE stop a generation with an
 //! error naming the stage and the step, instead of a black or noise image.
+//! NaN or infinite weights are refused as they load, naming the tensor, so
+//! the run's check is reached here by finite weights whose activations overflow.
 
 use burn::tensor::DType;
 use burn_stylecode::style::code::CodeError;
 use burn_stylecode::{Error, GenerateRequest, GenerateSettings, ImageSpec, Style, StyleCodes, WeightsDir};
 use burn_stylecode_tests::*;
 
-/// A weights copy whose `model` file (under sd15/) has `key` set to `value` everywhere.
-fn poisoned(model: &str, key: &str, value: f32) -> (tempfile::TempDir, WeightsDir) {
+/// A weights copy whose `model` file (under sd15/) has each of `keys` set to `value` everywhere.
+fn poisoned(model: &str, keys: &[&str], value: f32) -> (tempfile::TempDir, WeightsDir) {
     let (dir, weights) = weights_copy();
     let path = weights.sd15_dir().join(model);
     let original = fixtures().join("weights/sd15").join(model);
-    let mut found = false;
+    let mut found = 0;
     let edit = |(name, shape, values): Entry| {
-        if name == key {
-            found = true;
+        if keys.contains(&name.as_str()) {
+            found += 1;
             let poisoned = vec![value; values.len()];
             return Some((name, shape, poisoned));
         }
         Some((name, shape, values))
     };
     rewrite_safetensors(&original, &path, edit, vec![], safetensors::Dtype::F32);
-    assert!(found, "{key} is in {model}");
+    assert_eq!(found, keys.len(), "{keys:?} are in {model}");
     (dir, weights)
 }
 
-fn generate(weights: WeightsDir) -> Result<usize, Error> {
-    let styles = StyleCodes::<TestBackend>::new(weights, DType::F32, device());
+/// A final group norm scaled and shifted by f32::MAX: finite weights whose
+/// output overflows to infinity (and NaN after the next convolution).
+fn overflowing(model: &str, norm: &str) -> (tempfile::TempDir, WeightsDir) {
+    poisoned(model, &[&format!("{norm}.weight"), &format!("{norm}.bias")], f32::MAX)
+}
+
+fn generate_as(weights: WeightsDir, dtype: DType) -> Result<usize, Error> {
+    let styles = StyleCodes::<TestBackend>::new(weights, dtype, device());
     let settings = GenerateSettings { steps: 2, width: 64, height: 64, ..GenerateSettings::default() };
     let spec = ImageSpec { prompt: "a cat".into(), negative: String::new(), seed: 1, style: Style::None };
     styles
@@ -35,8 +43,35 @@ fn generate(weights: WeightsDir) -> Result<usize, Error> {
 }
 
 #[test]
+fn nan_weights_are_refused_at_load_naming_the_file_and_tensor() {
+    let (_dir, weights) = poisoned("unet/diffusion_pytorch_model.safetensors", &["conv_out.bias"], f32::NAN);
+    match generate(weights) {
+        Err(error @ Error::NonFiniteTensor { overflow: false, .. }) => {
+            let text = error.to_string();
+            assert!(text.contains("unet/diffusion_pytorch_model.safetensors: tensor `conv_out.bias` has"), "{text}");
+        }
+        other => panic!("expected NonFiniteTensor, got {other:?}"),
+    }
+}
+
+#[test]
+fn weights_over_f16_range_are_refused_when_loaded_in_f16() {
+    let (_dir, weights) = poisoned("vae/diffusion_pytorch_model.safetensors", &["decoder.conv_out.bias"], 1e6);
+    match generate_as(weights, DType::F16) {
+        Err(error @ Error::NonFiniteTensor { overflow: true, count: 3, .. }) => {
+            assert!(error.to_string().contains("--dtype f32"), "{error}");
+        }
+        other => panic!("expected NonFiniteTensor (overflow), got {other:?}"),
+    }
+}
+
+fn generate(weights: WeightsDir) -> Result<usize, Error> {
+    generate_as(weights, DType::F32)
+}
+
+#[test]
 fn nan_out_of_the_unet_names_the_unet_and_the_first_step() {
-    let (_dir, weights) = poisoned("unet/diffusion_pytorch_model.safetensors", "conv_out.bias", f32::NAN);
+    let (_dir, weights) = overflowing("unet/diffusion_pytorch_model.safetensors", "conv_norm_out");
     match generate(weights) {
         Err(error @ Error::NonFinite { .. }) => {
             let text = error.to_string();
@@ -48,7 +83,7 @@ fn nan_out_of_the_unet_names_the_unet_and_the_first_step() {
 
 #[test]
 fn infinity_out_of_the_vae_names_the_vae() {
-    let (_dir, weights) = poisoned("vae/diffusion_pytorch_model.safetensors", "decoder.conv_out.bias", f32::INFINITY);
+    let (_dir, weights) = overflowing("vae/diffusion_pytorch_model.safetensors", "decoder.conv_norm_out");
     match generate(weights) {
         Err(error @ Error::NonFinite { count, .. }) => {
             let text = error.to_string();

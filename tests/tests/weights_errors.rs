@@ -208,7 +208,7 @@ fn missing_weights_folder_says_what_to_do() {
     let weights = burn_stylecode::WeightsDir::new(dir.path());
     let error =
         StyleCodes::<TestBackend>::new(weights.clone(), DType::F32, device()).encoder().err().unwrap().to_string();
-    assert!(error.contains("config.json"), "{error}");
+    assert!(error.contains("no siglip weights") && error.contains("cargo xtask import-weights"), "{error}");
 
     let (_copy, weights) = weights_copy();
     std::fs::remove_file(weights.stylecodes_weights().unwrap()).unwrap();

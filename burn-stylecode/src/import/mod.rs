@@ -124,8 +124,9 @@ pub struct ImportReport {
 /// Everything that can stop an import, each naming the file and the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    /// Whole messages, causes included, not also `source()` (see [`crate::error::Error`]).
+    #[error("{}: {}", path.display(), crate::error::os_message(cause))]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("{}: not a checkpoint: {reason}", path.display())]
     NotACheckpoint { path: PathBuf, reason: String },
     #[error("{}: truncated or damaged: {reason}", path.display())]
@@ -169,8 +170,8 @@ pub enum ImportError {
 }
 
 impl ImportError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ImportError::Io { path: path.into(), source }
+    pub(crate) fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
+        ImportError::Io { path: path.into(), cause }
     }
 }
 

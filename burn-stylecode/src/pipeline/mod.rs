@@ -13,7 +13,7 @@ pub use png_text::{read_png_text, read_png_text_bytes, write_png};
 pub use recipe::{pixels_sha256, Recipe, RecipeLora};
 pub use replay::Replay;
 pub use request::{GenerateRequest, GenerateSettings, GeneratedImage, ImageSpec, InitImage, Progress, Style};
-pub use weights_dir::{WeightsDir, WEIGHTS_ENV};
+pub use weights_dir::{WeightsDir, WeightsOrigin, WEIGHTS_ENV};
 
 use crate::error::{Error, Result};
 use crate::sd::lora::LoraSpec;
@@ -151,7 +151,7 @@ impl<B: Backend> StyleCodes<B> {
     pub fn sd15_sha256(&self) -> Result<&str> {
         get_or_load(&self.sd15_sha256, || {
             files_identity(
-                &self.sd15_dir,
+                &self.sd15()?,
                 &[
                     "unet/diffusion_pytorch_model.safetensors",
                     "text_encoder/model.safetensors",
@@ -170,6 +170,16 @@ impl<B: Backend> StyleCodes<B> {
             files_identity(&self.weights.stylecodes_dir(), &[&name])
         })
         .map(String::as_str)
+    }
+
+    /// The SD1.5 folder: the weights folder's, checked to be there, or the
+    /// one given to [`Self::with_sd15_dir`] (whose loader errors name it).
+    fn sd15(&self) -> Result<PathBuf> {
+        if self.sd15_dir == self.weights.sd15_dir() {
+            self.weights.sd15()
+        } else {
+            Ok(self.sd15_dir.clone())
+        }
     }
 
     pub fn weights(&self) -> &WeightsDir {
@@ -244,7 +254,7 @@ impl<B: Backend> StyleCodes<B> {
         *slot = None;
         // The identity is taken with the weights, which are not read again.
         self.sd15_sha256()?;
-        let sd = Arc::new(StableDiffusion::load_with_loras(&self.sd15_dir, loras, self.dtype, &self.device)?);
+        let sd = Arc::new(StableDiffusion::load_with_loras(&self.sd15()?, loras, self.dtype, &self.device)?);
         let recipes = loras
             .iter()
             .map(|spec| {
@@ -270,7 +280,7 @@ impl<B: Backend> StyleCodes<B> {
         get_or_load(&self.control, || {
             // The identity is taken with the weights, which are not read again.
             self.stylecodes_sha256()?;
-            let base = UNetConfig::from_file(&self.sd15_dir.join("unet").join("config.json"))?;
+            let base = UNetConfig::from_file(&self.sd15()?.join("unet").join("config.json"))?;
             let config = self.stylecodes_config()?;
             check_fits_base(&config.autoencoder, &base)?;
             StyleControl::load(&config.control(&base), &self.stylecodes_file()?, self.dtype, &self.device)

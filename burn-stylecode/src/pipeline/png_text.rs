@@ -27,7 +27,7 @@ pub fn write_png(path: &Path, image: &RgbImage, text: &[(String, String)], overw
         .prefix(".stylecode-")
         .suffix(".png.part")
         .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+        .map_err(|e| Error::io(path, e))?;
     {
         let mut encoder = png::Encoder::new(BufWriter::new(temp.as_file_mut()), image.width(), image.height());
         encoder.set_color(png::ColorType::Rgb);

@@ -155,7 +155,7 @@ impl ClipTokenizer {
     /// (one `left right` pair a line, by rank; `#version` lines skipped).
     pub fn from_vocab_and_merges(vocab_path: &Path, merges_path: &Path, config: &ClipTokenizerConfig) -> Result<Self> {
         let vocab: HashMap<String, u32> = serde_json::from_value(read_json(vocab_path)?)
-            .map_err(|source| Error::Json { path: vocab_path.to_path_buf(), source })?;
+            .map_err(|cause| Error::Json { path: vocab_path.to_path_buf(), cause })?;
         let merges = read_merges(merges_path)?;
         let model = BPE::builder()
             .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
@@ -274,7 +274,7 @@ impl ClipTokenizer {
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|source| Error::Json { path: PathBuf::from(path), source })
+    serde_json::from_str(&text).map_err(|cause| Error::Json { path: PathBuf::from(path), cause })
 }
 
 fn read_merges(path: &Path) -> Result<Vec<(String, String)>> {

@@ -62,7 +62,7 @@ impl Checkpoint {
     pub fn state(&self) -> Result<RunState> {
         let path = self.dir.join(STATE);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Json { path, source: e })
+        serde_json::from_str(&text).map_err(|e| Error::Json { path, cause: e })
     }
 }
 

@@ -362,7 +362,7 @@ pub fn write_skipped(path: impl AsRef<Path>, skipped: &[Skipped]) -> Result<()> 
     let path = path.as_ref();
     let mut text = String::new();
     for record in skipped {
-        text.push_str(&serde_json::to_string(record).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })?);
+        text.push_str(&serde_json::to_string(record).map_err(|e| Error::Json { path: path.to_path_buf(), cause: e })?);
         text.push('\n');
     }
     write_atomic(path, text.as_bytes())

@@ -262,7 +262,7 @@ pub fn train<B: AutodiffBackend>(
     // Written once everything loaded: a run that cannot start leaves no run behind.
     write_config(config, run_dir)?;
 
-    let base = UNetConfig::from_file(&weights.sd15_dir().join("unet").join("config.json"))?;
+    let base = UNetConfig::from_file(&weights.sd15()?.join("unet").join("config.json"))?;
     let model_config = model_config(config, &weights)?;
     let mut optim = AdamW::<B>::new(AdamWConfig::new().with_lr(config.lr).with_weight_decay(config.weight_decay));
     let latest = if resume { checkpoint::list(run_dir)?.pop() } else { None };
@@ -419,7 +419,7 @@ fn check_run_dir(config: &TrainConfig, run_dir: &Path, resume: bool) -> Result<(
         }
         (Some(text), true) => {
             let saved: TrainConfig =
-                serde_json::from_str(&text).map_err(|e| Error::Json { path: path.clone(), source: e })?;
+                serde_json::from_str(&text).map_err(|e| Error::Json { path: path.clone(), cause: e })?;
             let (now, before) = (serde_json::to_value(config).unwrap(), serde_json::to_value(&saved).unwrap());
             let changed: Vec<String> = now
                 .as_object()

@@ -85,7 +85,7 @@ impl<B: AutodiffBackend> Frozen<B> {
     pub fn load(weights: &WeightsDir, dtype: DType, device: &B::Device) -> Result<Self> {
         let siglip_config = weights.siglip_config()?;
         let siglip = SiglipVisionTransformer::from_hf_dir(&weights.siglip_dir(), dtype, device)?;
-        let sd15 = weights.sd15_dir();
+        let sd15 = weights.sd15()?;
         let sd = StableDiffusion::load(&sd15, dtype, device)?;
         let base = TrainBase::new(
             sd.unet.clone(),

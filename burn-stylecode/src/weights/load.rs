@@ -107,6 +107,9 @@ pub fn load_module<B: Backend, M: Module<B>>(
 
     let mut consumed = BTreeSet::new();
     let mut snapshots = Vec::with_capacity(collector.slots.len());
+    // The first read error as our own (it names the file and key); burn's
+    // wrapping of it as text would name the module and the file again.
+    let first_error: Rc<std::cell::RefCell<Option<Error>>> = Rc::default();
     for slot in collector.slots {
         let burn_path = slot.path.join(".");
         let (key, rows) = match (map.source)(&burn_path) {
@@ -136,9 +139,14 @@ pub fn load_module<B: Backend, M: Module<B>>(
         consumed.insert(full_key.clone());
 
         let reader = file.clone();
+        let failed = first_error.clone();
         let read = move || -> Result<TensorData, TensorSnapshotError> {
             let (index, parts) = rows.unwrap_or((0, 1));
-            reader.read_rows(&full_key, index, parts, dtype).map_err(|e| TensorSnapshotError::IoError(e.to_string()))
+            reader.read_rows(&full_key, index, parts, dtype).map_err(|e| {
+                let text = TensorSnapshotError::IoError(e.to_string());
+                failed.borrow_mut().get_or_insert(e);
+                text
+            })
         };
         snapshots.push(TensorSnapshot::from_closure(
             Rc::new(read),
@@ -165,6 +173,9 @@ pub fn load_module<B: Backend, M: Module<B>>(
     }
 
     let result = module.apply(snapshots, None, None, false);
+    if let Some(error) = first_error.take() {
+        return Err(error);
+    }
     if let Some(error) = result.errors.first() {
         return Err(load_error(file, map, error.to_string()));
     }

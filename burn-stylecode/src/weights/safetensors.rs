@@ -55,8 +55,10 @@ impl TensorFile {
         // SAFETY: the map is read-only; the file is not expected to change
         // while a model uses it (as with every mmap-based weight loader).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
-            .map_err(|e| Error::Safetensors { path: path.clone(), message: format!("{e:?}") })?;
+        let invalid = |message: String| Error::Safetensors { path: path.clone(), message };
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| invalid(describe(&e, &mmap)))?;
+        // safetensors keeps the last of two tensors of one name; refuse such a header.
+        serde_json::from_slice::<UniqueNames>(&mmap[8..8 + header_len]).map_err(|e| invalid(e.to_string()))?;
         let tensors = metadata.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
         let text = metadata.metadata().clone().unwrap_or_default().into_iter().collect();
         Ok(Self {
@@ -136,22 +138,40 @@ impl TensorFile {
                 .and_then(|data| data.into_vec::<f32>().ok())
                 .expect("F32, F16 and BF16 decode to f32");
             patch.apply(key, &shape, &mut values)?;
-            return convert(bytemuck::cast_slice(&values), DType::F32, dtype, shape).ok_or_else(|| {
+            let data = convert(bytemuck::cast_slice(&values), DType::F32, dtype, shape).ok_or_else(|| {
                 Error::UnsupportedDtype {
                     path: self.path.clone(),
                     key: key.to_string(),
                     dtype: format!("{dtype:?} (as a target)"),
                 }
-            });
+            })?;
+            return self.finite(key, data, bytemuck::cast_slice(&values), DType::F32);
         }
         if stored == dtype && (bytes.as_ptr() as usize).is_multiple_of(dtype.size()) {
-            return Ok(TensorData::from_bytes(Bytes::from_shared(bytes, AllocationProperty::File), shape, dtype));
+            let data =
+                TensorData::from_bytes(Bytes::from_shared(bytes.clone(), AllocationProperty::File), shape, dtype);
+            return self.finite(key, data, &bytes, stored);
         }
-        convert(&bytes, stored, dtype, shape).ok_or_else(|| Error::UnsupportedDtype {
+        let data = convert(&bytes, stored, dtype, shape).ok_or_else(|| Error::UnsupportedDtype {
             path: self.path.clone(),
             key: key.to_string(),
             dtype: format!("{dtype:?} (as a target)"),
-        })
+        })?;
+        self.finite(key, data, &bytes, stored)
+    }
+
+    /// `data` (the tensor `key` as read from `source`, `source_dtype` values)
+    /// if every value is finite. NaN or infinite weights would only surface
+    /// as a black image or a meaningless code; one pass over values already
+    /// being read names the tensor instead.
+    fn finite(&self, key: &str, data: TensorData, source: &[u8], source_dtype: DType) -> Result<TensorData> {
+        let count = non_finite(data.as_bytes(), data.dtype);
+        if count == 0 {
+            return Ok(data);
+        }
+        // Finite values that the cast to a narrower dtype turned infinite.
+        let overflow = data.dtype != source_dtype && non_finite(source, source_dtype) == 0;
+        Err(Error::NonFiniteTensor { path: self.path.clone(), key: key.to_string(), count, overflow })
     }
 
     /// The tensor's values as f32 (from F32, F16 or BF16 storage).
@@ -188,6 +208,74 @@ impl TensorFile {
     fn byte_range(&self, info: &TensorInfo) -> Range<usize> {
         let (start, end) = info.data_offsets;
         self.data_start + start..self.data_start + end
+    }
+}
+
+/// What is wrong with a file the safetensors reader refused, in words.
+fn describe(error: &safetensors::SafeTensorError, file: &[u8]) -> String {
+    use safetensors::SafeTensorError as E;
+    let header_len = file.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    match error {
+        E::HeaderTooSmall => format!("{} bytes: too short for the 8-byte header length", file.len()),
+        E::HeaderTooLarge | E::InvalidHeaderLength => format!(
+            "the header length (its first 8 bytes) is {}, beyond the file's {} bytes or the 100 MB limit",
+            header_len.unwrap_or_default(),
+            file.len()
+        ),
+        E::InvalidHeader(_) | E::InvalidHeaderStart => "the header is not a UTF-8 JSON object".into(),
+        E::InvalidHeaderDeserialization(e) => format!("the header is not valid: {e}"),
+        E::MetadataIncompleteBuffer => "truncated or padded: the tensors do not cover the data after the header".into(),
+        E::InvalidOffset(name) => format!("tensor `{name}`: its data offsets overlap another tensor or leave a gap"),
+        E::ValidationOverflow => "a tensor's shape or offsets overflow".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A safetensors header read only to check that no tensor name repeats.
+struct UniqueNames;
+
+impl<'de> serde::Deserialize<'de> for UniqueNames {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = UniqueNames;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<UniqueNames, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    if !seen.insert(name.clone()) {
+                        return Err(serde::de::Error::custom(format!("the header names tensor `{name}` twice")));
+                    }
+                }
+                Ok(UniqueNames)
+            }
+        }
+        deserializer.deserialize_map(Names)
+    }
+}
+
+/// How many of `bytes` (little-endian `dtype` values) are NaN or infinite:
+/// those whose exponent bits are all set. Other dtypes count none.
+fn non_finite(bytes: &[u8], dtype: DType) -> usize {
+    fn count(bytes: &[u8], size: usize, exponent: u32) -> usize {
+        let bits = |v: &[u8]| match v {
+            [a, b, c, d] => u32::from_le_bytes([*a, *b, *c, *d]),
+            [a, b] => u32::from(u16::from_le_bytes([*a, *b])),
+            _ => 0,
+        };
+        bytes
+            .par_chunks(CHUNK * size)
+            .map(|chunk| chunk.chunks_exact(size).filter(|v| bits(v) & exponent == exponent).count())
+            .sum()
+    }
+    match dtype {
+        DType::F32 => count(bytes, 4, 0x7f80_0000),
+        DType::F16 => count(bytes, 2, 0x7c00),
+        DType::BF16 => count(bytes, 2, 0x7f80),
+        _ => 0,
     }
 }
 
@@ -294,7 +382,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .prefix(".stylecode-")
         .suffix(".part")
         .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+        .map_err(|e| Error::io(path, e))?;
     std::io::Write::write_all(temp.as_file_mut(), bytes).map_err(|e| Error::io(path, e))?;
     temp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     temp.persist(path).map_err(|e| Error::io(path, e.error))?;

@@ -188,10 +188,11 @@ pub fn build_scheduler<B: Backend>(
 pub enum SchedulerError {
     #[error("unknown scheduler `{0}` (expected one of: ddim, euler, euler-a, dpmpp-2m)")]
     UnknownKind(String),
+    // Whole messages, causes included, not also `source()` (see `crate::error::Error`).
     #[error("invalid scheduler config: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("scheduler config: `{field}`: {source}")]
-    BadField { field: String, source: serde_json::Error },
+    Json(String),
+    #[error("scheduler config: `{field}`: {cause}")]
+    BadField { field: String, cause: serde_json::Error },
     #[error("scheduler config: `{field}` = {value} is invalid: {reason}")]
     InvalidConfig { field: &'static str, value: String, reason: String },
     #[error("the {scheduler} scheduler does not support `{field}` = {value}")]
@@ -446,9 +447,9 @@ impl JsonConfig for SchedulerConfig {
                     let alone = serde_json::Value::Object([(field.clone(), v.clone())].into_iter().collect());
                     serde_json::from_value::<Self>(alone)
                         .err()
-                        .map(|source| SchedulerError::BadField { field: field.clone(), source })
+                        .map(|cause| SchedulerError::BadField { field: field.clone(), cause })
                 })
-                .unwrap_or(SchedulerError::Json(error))
+                .unwrap_or(SchedulerError::Json(error.to_string()))
                 .to_string()
         })?;
         config.validate()?;
