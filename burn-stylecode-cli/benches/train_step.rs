@@ -69,15 +69,17 @@ impl Bench<'_> {
         let unet: UNet2DConditionModel<B::InnerBackend> = base_config.init(&device).map(&mut CastTo(self.dtype));
         let base = TrainBase::<B>::new(unet, self.dtype, &SchedulerConfig::stable_diffusion_v1_5(), 0.18215, 0.0)
             .expect("the SD1.5 schedule");
-        let mut model = paper_model::<B>(&StylecodesConfig::default(), &base_config, 0, &device);
+        let config = StylecodesConfig::default();
+        let ae_input = config.autoencoder.input_dim;
+        let mut model = paper_model::<B>(&config, &base_config, 0, &device);
         let mut optim = AdamW::<B>::new(AdamWConfig::new().with_lr(1e-6).with_weight_decay(1e-2));
 
         let (n, side) = (self.batch, self.resolution / 8);
         let normal3 = |shape: [usize; 3]| Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device);
         let normal4 = || Tensor::random([n, 4, side, side], Distribution::Normal(0.0, 1.0), &device);
-        // SigLIP so400m's penultimate features (729 tokens × 1152) and CLIP's context.
+        // SigLIP base-patch16-224's penultimate features (196 tokens) and CLIP's context.
         let batch = Batch::<B::InnerBackend> {
-            style_features: normal3([n, 729, 1152]),
+            style_features: normal3([n, 196, ae_input]),
             context: normal3([n, 77, 768]),
             latent_mean: normal4(),
             latent_logvar: normal4() * 0.1 - 2.0,

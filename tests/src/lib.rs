@@ -14,8 +14,13 @@ pub type TestBackend = burn::backend::Flex;
 /// Parity tolerance: max |actual - expected| ≤ REL_TOL × max |expected|.
 pub const REL_TOL: f32 = 1e-4;
 
+/// `tests/fixtures`, or `$STYLECODE_FIXTURES` for a test binary run away
+/// from its source tree (the GPU check, `.ci/gpu-check`, on a lent machine).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    match std::env::var_os("STYLECODE_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
+    }
 }
 
 /// The tiny weights folder holding every model.
