@@ -285,7 +285,14 @@ const CASES: &[(&str, Setup)] = &[
         }
         run(&[&"export", &w.join("run"), &"--version", &"7", &"--out", &out(w)], &[&checkpoint.display()])
     }),
-    // serve loads its models lazily, so its startup fails on its own inputs only.
+    ("serve with sd15 missing", |w| {
+        let weights = weights(w);
+        std::fs::remove_dir_all(weights.join("sd15")).unwrap();
+        let outputs = out(w).join("served");
+        let args: [&dyn AsRef<std::ffi::OsStr>; 7] =
+            [&"serve", &"--bind", &"127.0.0.1:0", &"--weights", &weights, &"--outputs", &outputs];
+        run(&args, &[&"sd15", &weights.display(), &"import-weights --only sd15"])
+    }),
     ("serve with its outputs in a read-only folder", |w| {
         let outputs = w.join("read-only/served");
         let weights = fixtures().join("weights");

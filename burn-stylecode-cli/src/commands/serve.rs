@@ -54,6 +54,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         eprintln!("warning: --insecure: anyone who can reach {} can use this server", args.bind);
     }
+    // The models load on the first request; a missing one is reported now,
+    // before the server answers anyone.
+    let weights = args.model.weights_dir();
+    weights.siglip_config()?;
+    weights.stylecodes_weights()?;
+    weights.sd15()?;
     if let Some(dir) = &args.loras {
         if !dir.is_dir() {
             bail!("--loras {}: not a folder", dir.display());
