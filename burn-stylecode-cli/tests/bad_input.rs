@@ -322,7 +322,9 @@ const CASES: &[(&str, Setup)] = &[
         run(&[&"convert", &"C/d/AAI/rQglIvUb1/f!1", &"--to", &"official"], &[&"'!'"])
     }),
     ("mix a code with a bad weight", |_| run(&[&"mix", &"C/d/AAI/rQglIvUb1/fC1:x"], &[&"C/d/AAI/rQglIvUb1/fC1:x"])),
-    ("random with a bad version", |_| run(&[&"random", &"--version", &"!"], &[&"!"])),
+    ("random with a bad version", |_| {
+        run(&[&"random", &"--version", &"!"], &[&"code version '!' is not a base64 symbol"])
+    }),
     ("inspect a non-UTF-8 code", |_| Run {
         args: vec!["inspect".into(), OsString::from_vec(b"A\xff".to_vec())],
         names: vec![],

@@ -123,6 +123,8 @@ pub enum CodeError {
          (expected a base64 symbol)"
     )]
     Version { code: String, character: char, position: usize },
+    #[error("code version {character:?} is not a base64 symbol (A-Z a-z 0-9 + /)")]
+    VersionSymbol { character: char },
     #[error("byte {index} of official code `{code}` is {value}, over the 6-bit maximum 63")]
     ValueRange { code: String, index: usize, value: u8 },
     #[error("official code `{code}` has non-zero bits after the 20th byte (at position {position})")]

@@ -73,7 +73,7 @@ impl StyleCode {
             return Err(CodeError::Value { index, value });
         }
         if symbol_index(version).is_none() {
-            return Err(CodeError::Version { code: String::new(), character: version, position: CODE_LEN });
+            return Err(CodeError::VersionSymbol { character: version });
         }
         Ok(Self { values, version })
     }
