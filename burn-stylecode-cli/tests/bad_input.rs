@@ -272,6 +272,27 @@ const CASES: &[(&str, Setup)] = &[
             [&"train", &"--data", &data, &"--out", &out(w).join("run"), &"--weights", &weights, &"--steps", &"1"];
         run(&args, &[&"manifest.jsonl:"])
     }),
+    ("train over --max-memory", |w| {
+        let data = w.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::copy(fixtures().join("images/drawing.png"), data.join("a.png")).unwrap();
+        std::fs::write(data.join("manifest.jsonl"), "{\"image\": \"a.png\", \"prompt\": \"x\"}\n").unwrap();
+        let weights = fixtures().join("weights");
+        let args: [&dyn AsRef<std::ffi::OsStr>; 11] = [
+            &"train",
+            &"--data",
+            &data,
+            &"--out",
+            &out(w).join("run"),
+            &"--weights",
+            &weights,
+            &"--resolution",
+            &"4096",
+            &"--max-memory",
+            &"1G",
+        ];
+        run(&args, &[&"training micro-batches of 5 at 4096x4096", &"the --max-memory limit"])
+    }),
     ("export a run with no checkpoint", |w| {
         let run_dir = w.join("run");
         std::fs::create_dir_all(&run_dir).unwrap();

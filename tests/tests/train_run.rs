@@ -313,6 +313,14 @@ fn bad_settings_are_refused_before_anything_is_written() {
         train::<Ad>(&TrainConfig { resolution: 20, ..config(data.path(), 1) }, &run_dir, false, &device(), |_| {});
     assert!(matches!(&refused, Err(e) if e.to_string().contains("20")), "{refused:?}");
     assert!(!run_dir.exists(), "nothing is written for settings that cannot work");
+    let too_big = TrainConfig { max_memory: Some(1 << 20), ..config(data.path(), 1) };
+    let refused = train::<Ad>(&too_big, &run_dir, false, &device(), |_| {});
+    assert!(
+        matches!(&refused, Err(Error::OutOfMemory { request, limit, .. })
+            if request.contains("micro-batches of 4 at 16x16") && limit.contains("--max-memory")),
+        "{refused:?}"
+    );
+    assert!(!run_dir.exists(), "nothing is written for a run over the memory limit");
     let bad_data = tempfile::tempdir().unwrap();
     std::fs::write(bad_data.path().join("manifest.jsonl"), "{\"image\": \"missing.png\", \"prompt\": \"x\"}\n")
         .unwrap();

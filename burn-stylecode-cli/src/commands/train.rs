@@ -86,6 +86,10 @@ pub struct Args {
     /// Compute the frozen features per batch instead of caching them in RUN_DIR/cache.
     #[arg(long)]
     no_cache: bool,
+    /// Refuse a run estimated to need more memory than this (e.g. 16G; one
+    /// over the machine's available memory is always refused).
+    #[arg(long, value_name = "BYTES", value_parser = super::generate::parse_bytes)]
+    max_memory: Option<u64>,
     /// Compute backend.
     #[arg(long, value_enum, default_value = "cpu")]
     backend: BackendKind,
@@ -142,6 +146,7 @@ impl Args {
         }
         c.skip_bad |= self.skip_bad;
         c.cache &= !self.no_cache;
+        c.max_memory = self.max_memory;
         if c.data.as_os_str().is_empty() {
             anyhow::bail!("--data DIR is required (the folder holding manifest.jsonl)");
         }

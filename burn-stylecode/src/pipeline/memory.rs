@@ -58,7 +58,7 @@ pub struct GenerationShape {
 }
 
 /// Elements of every tensor in the safetensors file `path`.
-fn elements(path: &Path) -> Result<u64> {
+pub fn tensor_elements(path: &Path) -> Result<u64> {
     let file = TensorFile::open(path)?;
     let keys: Vec<&str> = file.keys().collect();
     Ok(keys.iter().filter_map(|k| file.shape(k)).map(|shape| shape.iter().map(|&d| d as u64).product::<u64>()).sum())
@@ -74,11 +74,11 @@ pub fn estimate(
 ) -> Result<MemoryEstimate> {
     let unet = UNetConfig::from_file(&sd15.join("unet").join("config.json"))?;
     let vae = VaeConfig::from_file(&sd15.join("vae").join("config.json"))?;
-    let mut parameters = elements(&diffusers_weights(&sd15.join("unet"))?)?
-        + elements(&diffusers_weights(&sd15.join("vae"))?)?
-        + elements(&sd15.join("text_encoder").join("model.safetensors"))?;
+    let mut parameters = tensor_elements(&diffusers_weights(&sd15.join("unet"))?)?
+        + tensor_elements(&diffusers_weights(&sd15.join("vae"))?)?
+        + tensor_elements(&sd15.join("text_encoder").join("model.safetensors"))?;
     if let Some(path) = style_weights.filter(|_| shape.styled) {
-        parameters += elements(path)?;
+        parameters += tensor_elements(path)?;
     }
     let bytes = dtype.size() as u64;
     // diffusers' `vae_scale_factor`: 2 per VAE block after the first.

@@ -10,12 +10,14 @@
 //! compute them, with a state keyed by parameter path so that a checkpoint
 //! resumes into freshly loaded weights. [`step`] is the loss of one step:
 //! frozen networks off the tape, the autoencoder and control branch on it.
-//! [`cache`] computes the frozen encoders' outputs once; [`run`] is the loop
+//! [`cache`] computes the frozen encoders' outputs once; [`memory`] refuses
+//! a run too large for the machine before anything loads; [`run`] is the loop
 //! with checkpoints ([`checkpoint`]) and validation ([`validate`]).
 
 pub mod cache;
 pub mod checkpoint;
 pub mod data;
+pub mod memory;
 pub mod optim;
 pub mod run;
 pub mod step;

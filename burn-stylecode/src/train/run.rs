@@ -97,6 +97,11 @@ pub struct TrainConfig {
     pub skip_bad: bool,
     /// Precompute the frozen features into `RUN_DIR/cache` (else per batch).
     pub cache: bool,
+    /// Refuse a run estimated over this many bytes (`--max-memory`; one over
+    /// the machine's available memory is always refused). Not a training
+    /// setting: not saved, so a resume may change it.
+    #[serde(skip)]
+    pub max_memory: Option<u64>,
 }
 
 impl Default for TrainConfig {
@@ -126,6 +131,7 @@ impl Default for TrainConfig {
             seed: 0,
             skip_bad: false,
             cache: true,
+            max_memory: None,
         }
     }
 }
@@ -240,6 +246,15 @@ pub fn train<B: AutodiffBackend>(
 ) -> Result<Summary> {
     config.check()?;
     check_run_dir(config, run_dir, resume)?;
+    let weights = WeightsDir::new(&config.weights);
+    super::memory::check(
+        &weights,
+        config.batch_size,
+        config.resolution,
+        config.grad_accum,
+        config.frozen_dtype(),
+        config.max_memory,
+    )?;
     let options = DatasetOptions { resolution: config.resolution, skip_bad: config.skip_bad };
     let (dataset, skipped) = Dataset::open(&config.data, &options)?;
     if !skipped.is_empty() {
@@ -247,7 +262,6 @@ pub fn train<B: AutodiffBackend>(
         write_skipped(run_dir.join("skipped.jsonl"), &skipped)?;
     }
 
-    let weights = WeightsDir::new(&config.weights);
     let frozen = Frozen::<B>::load(&weights, config.frozen_dtype(), device)?;
     let features = match config.cache {
         true => Features::Cached(FeatureCache::open_or_build(
