@@ -350,7 +350,19 @@ const CASES: &[(&str, Setup)] = &[
         args: vec!["inspect".into(), OsString::from_vec(b"A\xff".to_vec())],
         names: vec![],
     }),
-    // `reproduce` (being added on another branch): its cases go here.
+    ("reproduce an empty file", |w| {
+        let f = file(w, "empty.png", b"");
+        run(&[&"reproduce", &f, &"--out", &out(w).join("again.png")], &[&f.display()])
+    }),
+    ("reproduce a PNG that stylecode did not make", |w| {
+        let f = w.join("plain.png");
+        std::fs::copy(fixtures().join("reference/drawing_224.png"), &f).unwrap();
+        run(&[&"reproduce", &f, &"--out", &out(w).join("again.png")], &[&f.display()])
+    }),
+    ("reproduce a text file named .png", |w| {
+        let f = file(w, "text.png", b"not a png at all\n");
+        run(&[&"reproduce", &f, &"--out", &out(w).join("again.png")], &[&f.display()])
+    }),
 ];
 
 /// Runs the CLI in `work` (HOME there, no $STYLECODE_WEIGHTS), killing it if it hangs.
