@@ -18,7 +18,8 @@ use burn_stylecode::style::StylecodesConfig;
 use burn_stylecode::train::run::paper_model;
 use burn_stylecode::train::step::{loss, Batch, TrainBase};
 use burn_stylecode::train::{clip_grad_norm, AdamW, AdamWConfig, Grads};
-use std::time::Instant;
+
+mod common;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
@@ -89,7 +90,7 @@ impl Bench<'_> {
             noise: normal4(),
         };
 
-        let mut step = || {
+        let step = || {
             let value = loss(&model, &base, &batch, 1.0);
             let reported = value.clone().inner().into_data().convert::<f32>().into_vec::<f32>().unwrap()[0];
             let mut grads = Grads::from_backward(value.backward(), &model);
@@ -99,38 +100,17 @@ impl Bench<'_> {
             model.autoencoder.tgt_init.val().slice([0..1, 0..1]).into_data();
             reported
         };
-        step(); // warm-up: lazy initialisation, kernel compilation, autotuning
-        let mut losses = Vec::new();
-        let mut times: Vec<f64> = (0..self.repeats)
-            .map(|_| {
-                let start = Instant::now();
-                losses.push(step());
-                start.elapsed().as_secs_f64()
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        println!(
-            "{}",
+        let (losses, seconds) = common::time_repeats(self.repeats, step);
+        common::report(
             serde_json::json!({
                 "impl": "burn",
                 "backend": self.backend,
                 "resolution": self.resolution,
                 "batch": self.batch,
                 "dtype": format!("{:?}", self.dtype).to_lowercase(),
-                "seconds_per_step": times[times.len() / 2],
-                "min_seconds": times[0],
-                "all_seconds": times,
                 "losses": losses,
-                "peak_rss_mib": peak_rss_mib(),
-            })
+            }),
+            &seconds,
         );
     }
-}
-
-/// Peak resident set size of this process (Linux `VmHWM`), in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }

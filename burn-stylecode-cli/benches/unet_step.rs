@@ -10,7 +10,7 @@
 use burn::prelude::*;
 use burn_stylecode::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
 use burn_stylecode::style::control::{MixInit, StyleControl, StyleControlConfig};
-use std::time::Instant;
+mod common;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
@@ -47,33 +47,6 @@ fn run<B: Backend>(device: B::Device, backend: &str, mode: &str, repeats: usize)
         // Reading one value back waits for the device to finish.
         noise.slice([0..1, 0..1, 0..1, 0..1]).into_data();
     };
-    step(); // warm-up: lazy initialisation, kernel compilation, autotuning
-    let mut times: Vec<f64> = (0..repeats)
-        .map(|_| {
-            let start = Instant::now();
-            step();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    println!(
-        "{}",
-        serde_json::json!({
-            "impl": "burn",
-            "backend": backend,
-            "mode": mode,
-            "seconds_per_step": median,
-            "all_seconds": times,
-            "peak_rss_mib": peak_rss_mib(),
-        })
-    );
-}
-
-/// Peak resident set size of this process (Linux `VmHWM`), in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    let (_, seconds) = common::time_repeats(repeats, step);
+    common::report(serde_json::json!({ "impl": "burn", "backend": backend, "mode": mode }), &seconds);
 }
