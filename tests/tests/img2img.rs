@@ -53,7 +53,7 @@ fn img2img_matches_diffusers_for_each_scheduler() {
         let init = InitLatents { latents: clean, strength };
         let mut steps = Vec::new();
         let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
-        let on_step = |done, total| {
+        let on_step = |done, total, _: &Tensor<TestBackend, 4>| {
             steps.push((done, total));
             ControlFlow::Continue(())
         };

@@ -249,35 +249,20 @@ impl<B: Backend> StableDiffusion<B> {
         settings: &Settings,
         sources: &mut [NoiseSource],
         predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
-        on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
+        mut on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor<B, 4>> {
+        let on_step = |done, total, _: &Tensor<B, 4>| on_step(done, total);
         self.denoise_from(None, noise, context, settings, sources, predict, on_step)
     }
 
     /// [`denoise`](Self::denoise), for img2img from `init` when given (as
     /// diffusers' `StableDiffusionImg2ImgPipeline`): its latents noised with
     /// `noise` to the first kept timestep ([`img2img_start`]), then the
-    /// remaining steps; `on_step` counts those.
+    /// remaining steps; `on_step(done, total, latents)` counts those and also
+    /// sees the latents after each step (for a preview; nothing is read back
+    /// unless it asks).
     #[allow(clippy::too_many_arguments)]
     pub fn denoise_from(
-        &self,
-        init: Option<InitLatents<B>>,
-        noise: Tensor<B, 4>,
-        context: &Tensor<B, 3>,
-        settings: &Settings,
-        sources: &mut [NoiseSource],
-        predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
-        mut on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
-    ) -> Result<Tensor<B, 4>> {
-        let on_step = |done, total, _: &Tensor<B, 4>| on_step(done, total);
-        self.denoise_watched(init, noise, context, settings, sources, predict, on_step)
-    }
-
-    /// [`denoise_from`](Self::denoise_from), with `on_step(done, total,
-    /// latents)` also seeing the latents after each step (for a preview;
-    /// nothing is read back unless it asks).
-    #[allow(clippy::too_many_arguments)]
-    pub fn denoise_watched(
         &self,
         init: Option<InitLatents<B>>,
         noise: Tensor<B, 4>,
@@ -388,7 +373,7 @@ impl<B: Backend> StableDiffusion<B> {
     /// `init` when given: every image starts from it. Each image's seed
     /// gives, in order, the VAE posterior's noise, the noise added to the
     /// init latents, then the ancestral sampler's. `on_step` sees the
-    /// latents too, as in [`denoise_watched`](Self::denoise_watched).
+    /// latents too, as in [`denoise_from`](Self::denoise_from).
     #[allow(clippy::too_many_arguments)]
     pub fn generate_latents_from(
         &self,
@@ -432,7 +417,7 @@ impl<B: Backend> StableDiffusion<B> {
         };
         let noise = self.initial_noise(&mut sources, settings);
         let context = self.text_context(prompts, negatives, settings)?;
-        self.denoise_watched(init, noise, &context, settings, &mut sources, predict, on_step)
+        self.denoise_from(init, noise, &context, settings, &mut sources, predict, on_step)
     }
 }
 

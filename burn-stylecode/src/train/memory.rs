@@ -14,6 +14,7 @@
 //!   block width c₀ ([`TAPE_PER_LATENT_PIXEL`], from the full-size training
 //!   step benchmark, with margin).
 
+use super::TrainConfig;
 use crate::error::{Error, Result};
 use crate::pipeline::memory::{available_memory, human_bytes, limit, tensor_elements};
 use crate::pipeline::WeightsDir;
@@ -21,7 +22,6 @@ use crate::sd::diffusers_weights;
 use crate::sd::unet_2d::UNetConfig;
 use crate::sd::vae::VaeConfig;
 use crate::weights::JsonConfig;
-use burn::tensor::DType;
 
 /// Activation elements the tape keeps per latent pixel and sample, in units
 /// of c₀ (f32). Measured on the full-size training step benchmark (c₀ = 320):
@@ -32,13 +32,7 @@ pub const TAPE_PER_LATENT_PIXEL: u64 = 1_000;
 const FIXED: u64 = 512 << 20;
 
 /// What a run of `config` needs, in bytes: (frozen weights, trainable state, tape).
-pub fn estimate(
-    weights: &WeightsDir,
-    batch_size: usize,
-    resolution: u32,
-    grad_accum: usize,
-    frozen: DType,
-) -> Result<(u64, u64, u64)> {
+pub fn estimate(weights: &WeightsDir, config: &TrainConfig) -> Result<(u64, u64, u64)> {
     let sd15 = weights.sd15()?;
     let unet = UNetConfig::from_file(&sd15.join("unet").join("config.json"))?;
     let vae = VaeConfig::from_file(&sd15.join("vae").join("config.json"))?;
@@ -47,33 +41,25 @@ pub fn estimate(
         + tensor_elements(&diffusers_weights(&sd15.join("vae"))?)?
         + tensor_elements(&diffusers_weights(&sd15.join("unet"))?)?;
     let trainable = tensor_elements(&weights.stylecodes_weights()?)?;
-    let copies = if grad_accum > 1 { 5 } else { 4 };
+    let copies = if config.grad_accum > 1 { 5 } else { 4 };
     let factor = 1u64 << vae.block_out_channels.len().saturating_sub(1).min(16);
-    let latent_pixels = (u64::from(resolution) / factor).pow(2);
+    let latent_pixels = (u64::from(config.resolution) / factor).pow(2);
     let c0 = unet.block_out_channels.first().copied().unwrap_or(1) as u64;
-    let tape = latent_pixels.saturating_mul(batch_size as u64).saturating_mul(TAPE_PER_LATENT_PIXEL * c0 * 4);
+    let tape = latent_pixels.saturating_mul(config.batch_size as u64).saturating_mul(TAPE_PER_LATENT_PIXEL * c0 * 4);
     Ok((
-        frozen_elements.saturating_mul(frozen.size() as u64),
+        frozen_elements.saturating_mul(config.frozen_dtype().size() as u64),
         trainable.saturating_mul(4 * copies),
         tape.saturating_add(FIXED),
     ))
 }
 
-/// Refuses a run estimated over `max_memory` or the machine's available
-/// memory, naming the run, the estimate and the limit. Unreadable weights
-/// are left to the loader, whose errors say how to fix them.
-pub fn check(
-    weights: &WeightsDir,
-    batch_size: usize,
-    resolution: u32,
-    grad_accum: usize,
-    frozen: DType,
-    max_memory: Option<u64>,
-) -> Result<()> {
-    let Some((limit, source)) = limit(max_memory, available_memory()) else { return Ok(()) };
-    let Ok((frozen_bytes, trainable, tape)) = estimate(weights, batch_size, resolution, grad_accum, frozen) else {
-        return Ok(());
-    };
+/// Refuses a run estimated over `config.max_memory` or the machine's
+/// available memory, naming the run, the estimate and the limit. Unreadable
+/// weights are left to the loader, whose errors say how to fix them.
+pub fn check(weights: &WeightsDir, config: &TrainConfig) -> Result<()> {
+    let Some((limit, source)) = limit(config.max_memory, available_memory()) else { return Ok(()) };
+    let Ok((frozen_bytes, trainable, tape)) = estimate(weights, config) else { return Ok(()) };
+    let (batch_size, resolution) = (config.batch_size, config.resolution);
     let total = frozen_bytes.saturating_add(trainable).saturating_add(tape);
     if total <= limit {
         return Ok(());

@@ -178,7 +178,7 @@ impl TrainConfig {
         LrSchedule::from_name(name, self.warmup, self.steps)
     }
 
-    fn frozen_dtype(&self) -> DType {
+    pub(super) fn frozen_dtype(&self) -> DType {
         match self.mixed_precision {
             MixedPrecision::No => DType::F32,
             MixedPrecision::Bf16 => DType::BF16,
@@ -247,14 +247,7 @@ pub fn train<B: AutodiffBackend>(
     config.check()?;
     check_run_dir(config, run_dir, resume)?;
     let weights = WeightsDir::new(&config.weights);
-    super::memory::check(
-        &weights,
-        config.batch_size,
-        config.resolution,
-        config.grad_accum,
-        config.frozen_dtype(),
-        config.max_memory,
-    )?;
+    super::memory::check(&weights, config)?;
     let options = DatasetOptions { resolution: config.resolution, skip_bad: config.skip_bad };
     let (dataset, skipped) = Dataset::open(&config.data, &options)?;
     if !skipped.is_empty() {
