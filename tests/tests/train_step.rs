@@ -160,6 +160,30 @@ fn three_steps_match_the_pytorch_twin() {
     assert_eq!(moved, parameters(&model).len(), "training moves every trainable tensor");
 }
 
+/// A base whose scheduler predicts `v` (SD 2.x) or the clean sample trains
+/// against that target, as diffusers' training scripts do: the twin's loss
+/// for micro-batches 0 and 1 (`DDPMScheduler.get_velocity`, and `z0`).
+#[test]
+fn the_target_follows_the_schedulers_prediction_type() {
+    let file = reference("train_step.safetensors");
+    let (model, _) = model_and_frozen();
+    for prediction in ["v_prediction", "sample"] {
+        let (_dir, weights) = weights_copy();
+        let path = weights.sd15_dir().join("scheduler/scheduler_config.json");
+        let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        config["prediction_type"] = prediction.into();
+        std::fs::write(&path, config.to_string()).unwrap();
+        let frozen = Frozen::<Ad>::load(&weights, DType::F32, &device()).unwrap();
+        let actual: Vec<f32> = (0..2)
+            .map(|k| values(loss(&model, frozen.base(), &micro_batch(&file, &frozen, k), 1.0).inner())[0])
+            .collect();
+        let expected = file.read_f32(&format!("losses_{prediction}")).unwrap();
+        assert_close_values(&format!("{prediction} losses"), &actual, &expected);
+        let epsilon = &file.read_f32("losses").unwrap()[..2];
+        assert!(actual.iter().zip(epsilon).all(|(a, e)| (a - e).abs() > 1e-2 * e), "{prediction}: not ε's loss");
+    }
+}
+
 /// Mixed precision: the frozen networks and their activations in bf16 or
 /// f16, the trainable branch, its gradients and its update in f32. The loss
 /// and the gradients follow the f32 step within the half type's rounding.

@@ -13,7 +13,7 @@
 use crate::error::{Error, Result};
 use crate::pipeline::WeightsDir;
 use crate::sd::pipeline::StableDiffusion;
-use crate::sd::schedulers::{train_alphas_cumprod, SchedulerConfig};
+use crate::sd::schedulers::{train_alphas_cumprod, PredictionType, SchedulerConfig};
 use crate::sd::unet_2d::{DownPath, UNet2DConditionModel};
 use crate::siglip::SiglipVisionTransformer;
 use crate::style::autoencoder::straight_through;
@@ -35,6 +35,9 @@ pub struct TrainBase<B: AutodiffBackend> {
     tape: UNet2DConditionModel<B>,
     /// ᾱ_t of every training timestep.
     alphas_cumprod: Vec<f32>,
+    /// What the UNet predicts (the scheduler config's `prediction_type`),
+    /// and so the loss's target: ε for SD1.5.
+    prediction: PredictionType,
     /// Diffusion latents are `scaling_factor × (z − shift_factor)`.
     scaling_factor: f64,
     shift_factor: f64,
@@ -54,7 +57,8 @@ impl<B: AutodiffBackend> TrainBase<B> {
         let alphas_cumprod = train_alphas_cumprod(scheduler)
             .map_err(|e| Error::Incompatible(format!("the training noise schedule: {e}")))?;
         let tape = UNet2DConditionModel::from_inner(unet.clone()).no_grad();
-        Ok(Self { inner: unet, tape, alphas_cumprod, scaling_factor, shift_factor, dtype })
+        let prediction = scheduler.prediction_type;
+        Ok(Self { inner: unet, tape, alphas_cumprod, prediction, scaling_factor, shift_factor, dtype })
     }
 
     /// The base UNet on the tape.
@@ -177,7 +181,9 @@ pub struct Batch<B: Backend> {
 }
 
 /// The step's loss (a scalar, f32) for `model` on `batch`, the control
-/// branch mixing in with conditioning scale `scale`.
+/// branch mixing in with conditioning scale `scale`: the MSE of the UNet's
+/// prediction against ε (SD1.5), or against `v` or `x₀` when the base's
+/// scheduler says it predicts those.
 pub fn loss<B: AutodiffBackend>(
     model: &StyleCodesModel<B>,
     base: &TrainBase<B>,
@@ -202,7 +208,13 @@ pub fn loss<B: AutodiffBackend>(
     let abar: Vec<f32> = batch.timesteps.iter().map(|&t| base.alphas_cumprod[t]).collect();
     let signal = per_sample(abar.iter().map(|a| a.sqrt()).collect());
     let noise_level = per_sample(abar.iter().map(|a| (1.0 - a).sqrt()).collect());
-    let noisy = z0 * signal + batch.noise.clone() * noise_level;
+    let noisy = z0.clone() * signal.clone() + batch.noise.clone() * noise_level.clone();
+    // The target, as diffusers' training scripts take it from the scheduler.
+    let target = match base.prediction {
+        PredictionType::Epsilon => batch.noise.clone(),
+        PredictionType::VPrediction => batch.noise.clone() * signal - z0 * noise_level,
+        PredictionType::Sample => z0,
+    };
     let t = Tensor::<B::InnerBackend, 1>::from_floats(
         batch.timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>().as_slice(),
         &device,
@@ -224,6 +236,6 @@ pub fn loss<B: AutodiffBackend>(
     };
     let predicted = base.unet().up_path(down, &context, &mut model.control.hook(style, scale));
     debug_assert_eq!(predicted.dims(), [n, channels, height, width]);
-    let error = predicted.cast(DType::F32) - Tensor::from_inner(batch.noise.clone());
+    let error = predicted.cast(DType::F32) - Tensor::from_inner(target);
     error.powf_scalar(2.0).mean()
 }
