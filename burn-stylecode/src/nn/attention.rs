@@ -92,7 +92,21 @@ pub fn attend<B: Backend>(
     num_heads: usize,
     is_causal: bool,
 ) -> Tensor<B, 3> {
+    if !is_causal && super::cpu::runs_here(&q) {
+        return attend_on_cpu(q, k, v, num_heads);
+    }
     attend_in_blocks(q, k, v, num_heads, is_causal, MAX_SCORES)
+}
+
+/// burn-flex in f32: this crate's multi-threaded kernel ([`super::cpu::attention`]).
+fn attend_on_cpu<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+    use super::cpu::{attention, host_values};
+    let [batch, len_q, d_model] = q.dims();
+    let len_k = k.dims()[1];
+    let device = q.device();
+    let shape = attention::AttentionShape { batch, len_q, len_k, d_model, heads };
+    let out = attention::attention(&host_values(q), &host_values(k), &host_values(v), shape);
+    Tensor::from_data(TensorData::new(out, [batch, len_q, d_model]), &device)
 }
 
 fn attend_in_blocks<B: Backend>(
@@ -136,6 +150,17 @@ mod tests {
     use crate::nn::testing::max_abs_difference;
     use burn::backend::Flex;
     use burn::tensor::Distribution;
+
+    #[test]
+    fn the_cpu_kernel_gives_burns_attention() {
+        let device = Default::default();
+        let random = |len| Tensor::<Flex, 3>::random([2, len, 24], Distribution::Normal(0.0, 1.0), &device);
+        let (q, k, v) = (random(70), random(77), random(77));
+        let generic = attend_in_blocks(q.clone(), k.clone(), v.clone(), 3, false, MAX_SCORES);
+        let kernel = attend(q, k, v, 3, false);
+        let difference = max_abs_difference(generic, kernel);
+        assert!(difference < 1e-5, "{difference}");
+    }
 
     #[test]
     fn query_blocks_give_the_same_attention() {

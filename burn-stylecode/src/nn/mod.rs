@@ -2,6 +2,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod cpu;
 pub mod dtype;
 pub mod layout;
 pub mod linear;
