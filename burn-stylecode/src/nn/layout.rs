@@ -23,14 +23,26 @@ pub fn swap_dims_1_2<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D
 /// [B, C, H, W] → [B, H·W, C]: every pixel a token.
 pub fn image_to_tokens<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     let [batch, channels, height, width] = x.dims();
-    swap_dims_1_2(x.reshape([batch, channels, height * width]))
+    swap_on_cpu(x.reshape([batch, channels, height * width]))
+}
+
+/// [`swap_dims_1_2`] of [B, R, C], made contiguous by this crate's kernel on
+/// burn-flex in f32 ([`super::cpu::layout`]).
+fn swap_on_cpu<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, rows, cols] = x.dims();
+    if !super::cpu::runs_here(&x) || rows == 1 || cols == 1 {
+        return swap_dims_1_2(x);
+    }
+    let device = x.device();
+    let out = super::cpu::layout::transpose_last_two(&super::cpu::host_values(x), batch, rows, cols);
+    Tensor::from_data(TensorData::new(out, [batch, cols, rows]), &device)
 }
 
 /// [B, H·W, C] → [B, C, H, W], the inverse of [`image_to_tokens`].
 pub fn tokens_to_image<B: Backend>(tokens: Tensor<B, 3>, height: usize, width: usize) -> Tensor<B, 4> {
     let [batch, len, channels] = tokens.dims();
     assert_eq!(len, height * width, "{len} tokens for a {height}x{width} image");
-    swap_dims_1_2(tokens).reshape([batch, channels, height, width])
+    swap_on_cpu(tokens).reshape([batch, channels, height, width])
 }
 
 #[cfg(test)]

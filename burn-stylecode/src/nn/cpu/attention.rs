@@ -140,9 +140,8 @@ mod tests {
                     let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                     let total: f64 = weights.iter().sum();
                     for c in 0..dh {
-                        let value: f64 = (0..len_k)
-                            .map(|j| weights[j] * f64::from(v[(b * len_k + j) * d_model + h * dh + c]))
-                            .sum();
+                        let value: f64 =
+                            (0..len_k).map(|j| weights[j] * f64::from(v[(b * len_k + j) * d_model + h * dh + c])).sum();
                         out[(b * len_q + i) * d_model + h * dh + c] = (value / total) as f32;
                     }
                 }
@@ -152,7 +151,9 @@ mod tests {
     }
 
     fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len as u32).map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 500.0 - 2.0).collect()
+        (0..len as u32)
+            .map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 500.0 - 2.0)
+            .collect()
     }
 
     #[test]

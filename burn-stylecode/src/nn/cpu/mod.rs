@@ -7,6 +7,7 @@
 //! burn-flex uses.
 
 pub mod attention;
+pub mod layout;
 mod simd;
 
 use burn::backend::Flex;
