@@ -15,6 +15,24 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     }
 }
 
+/// GEGLU's activation: `value · gelu(gate)` of the two halves of the last
+/// dimension, on this crate's kernel for burn-flex in f32
+/// ([`super::cpu::geglu`], the same arithmetic in one pass).
+pub fn geglu<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, len, width] = x.dims();
+    if super::cpu::runs_here(&x) && width.is_multiple_of(2) {
+        let x = super::cpu::to_flex(x);
+        return super::cpu::from_values(
+            super::cpu::geglu::geglu(super::cpu::values(&x), width / 2),
+            [batch, len, width / 2],
+        );
+    }
+    let mut halves = x.chunk(2, 2);
+    let gate = halves.pop().expect("two halves");
+    let value = halves.pop().expect("two halves");
+    value * gelu(gate)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,6 +53,17 @@ mod tests {
             assert!((f64::from(g) - exact).abs() < 1e-5, "gelu'({p}) = {g}, exact {exact}");
             assert!((f64::from(f) - p * cdf).abs() < 1e-5, "gelu({p}) = {f}");
         }
+    }
+
+    /// The kernel gives burn's composition bit for bit.
+    #[test]
+    fn geglu_kernel_is_the_generic_composition() {
+        let x =
+            Tensor::<Flex, 3>::random([2, 5, 14], burn::tensor::Distribution::Normal(0.0, 2.0), &Default::default());
+        let mut halves = x.clone().chunk(2, 2);
+        let gate = halves.pop().unwrap();
+        let expected = halves.pop().unwrap() * gelu(gate);
+        geglu(x).into_data().assert_eq(&expected.into_data(), true);
     }
 
     /// Abramowitz–Stegun 7.1.26 is not exact enough; this series is (|x| ≤ 3).

@@ -100,13 +100,12 @@ pub fn attend<B: Backend>(
 
 /// burn-flex in f32: this crate's multi-threaded kernel ([`super::cpu::attention`]).
 fn attend_on_cpu<B: Backend>(q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
-    use super::cpu::{attention, host_values};
+    use super::cpu::{attention, from_values, to_flex, values};
     let [batch, len_q, d_model] = q.dims();
     let len_k = k.dims()[1];
-    let device = q.device();
     let shape = attention::AttentionShape { batch, len_q, len_k, d_model, heads };
-    let out = attention::attention(&host_values(q), &host_values(k), &host_values(v), shape);
-    Tensor::from_data(TensorData::new(out, [batch, len_q, d_model]), &device)
+    let (q, k, v) = (to_flex(q), to_flex(k), to_flex(v));
+    from_values(attention::attention(values(&q), values(&k), values(&v), shape), [batch, len_q, d_model])
 }
 
 fn attend_in_blocks<B: Backend>(

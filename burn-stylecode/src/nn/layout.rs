@@ -33,9 +33,9 @@ fn swap_on_cpu<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
     if !super::cpu::runs_here(&x) || rows == 1 || cols == 1 {
         return swap_dims_1_2(x);
     }
-    let device = x.device();
-    let out = super::cpu::layout::transpose_last_two(&super::cpu::host_values(x), batch, rows, cols);
-    Tensor::from_data(TensorData::new(out, [batch, cols, rows]), &device)
+    let x = super::cpu::to_flex(x);
+    let out = super::cpu::layout::transpose_last_two(super::cpu::values(&x), batch, rows, cols);
+    super::cpu::from_values(out, [batch, cols, rows])
 }
 
 /// [B, H·W, C] → [B, C, H, W], the inverse of [`image_to_tokens`].

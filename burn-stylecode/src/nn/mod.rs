@@ -2,13 +2,15 @@
 
 pub mod activation;
 pub mod attention;
+pub mod conv;
 pub mod cpu;
 pub mod dtype;
 pub mod layout;
 pub mod linear;
 pub mod norm;
 
-pub use activation::gelu;
+pub use activation::{geglu, gelu};
+pub use conv::conv2d;
 pub use dtype::in_dtype;
 pub use layout::{image_to_tokens, swap_dims_1_2, tokens_to_image};
 pub use linear::{Linear, LinearConfig};

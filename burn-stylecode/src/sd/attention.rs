@@ -4,7 +4,7 @@
 
 use crate::nn::attention::attend;
 use crate::nn::{
-    gelu, image_to_tokens, tokens_to_image, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear,
+    conv2d, geglu, image_to_tokens, tokens_to_image, GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear,
     LinearConfig,
 };
 use burn::module::Module;
@@ -111,10 +111,7 @@ pub struct FeedForward<B: Backend> {
 
 impl<B: Backend> FeedForward<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let mut halves = self.proj.forward(x).chunk(2, 2);
-        let gate = halves.pop().expect("two halves");
-        let value = halves.pop().expect("two halves");
-        self.out.forward(value * gelu(gate))
+        self.out.forward(geglu(self.proj.forward(x)))
     }
 }
 
@@ -229,12 +226,12 @@ impl<B: Backend> Transformer2DModel<B> {
         let [_, channels, height, width] = x.dims();
         let h = self.norm.forward(x.clone());
         let tokens = match &self.proj_in {
-            Projection::Conv(conv) => image_to_tokens(conv.forward(h)),
+            Projection::Conv(conv) => image_to_tokens(conv2d(conv, h)),
             Projection::Linear(linear) => linear.forward(image_to_tokens(h)),
         };
         let tokens = self.transformer_blocks.iter().fold(tokens, |t, block| block.forward(t, context));
         let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(tokens_to_image(tokens, height, width)),
+            Projection::Conv(conv) => conv2d(conv, tokens_to_image(tokens, height, width)),
             Projection::Linear(linear) => tokens_to_image(linear.forward(tokens), height, width),
         };
         debug_assert_eq!(out.dims()[1], channels);

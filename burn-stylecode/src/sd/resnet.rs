@@ -1,6 +1,6 @@
 //! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D`.
 
-use crate::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
+use crate::nn::{conv2d, GroupNorm, GroupNormConfig, Linear, LinearConfig};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, PaddingConfig2d};
@@ -90,13 +90,13 @@ impl<B: Backend> ResnetBlock2D<B> {
     /// `x` [B, in, H, W], `temb` [B, temb_channels] → [B, out, H, W].
     /// `temb` is ignored by a block without a time projection.
     pub fn forward(&self, x: Tensor<B, 4>, temb: Option<&Tensor<B, 2>>) -> Tensor<B, 4> {
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let mut h = conv2d(&self.conv1, silu(self.norm1.forward(x.clone())));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             h = h + proj.forward(silu(temb.clone())).unsqueeze_dims::<4>(&[2, 3]);
         }
-        let h = self.conv2.forward(self.dropout.forward(silu(self.norm2.forward(h))));
+        let h = conv2d(&self.conv2, self.dropout.forward(silu(self.norm2.forward(h))));
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(conv) => conv2d(conv, x),
             None => x,
         };
         let out = shortcut + h;
@@ -140,7 +140,7 @@ pub struct Downsample2D<B: Backend> {
 impl<B: Backend> Downsample2D<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         if !self.pad_bottom_right {
-            return self.conv.forward(x);
+            return conv2d(&self.conv, x);
         }
         // Padded here rather than by burn's asymmetric conv padding, whose
         // zeros are made in the default float type (f32) whatever `x` is.
@@ -148,7 +148,7 @@ impl<B: Backend> Downsample2D<B> {
         let options = (&x.device(), x.dtype());
         let x = Tensor::cat(vec![x, Tensor::zeros([batch, channels, height, 1], options)], 3);
         let x = Tensor::cat(vec![x, Tensor::zeros([batch, channels, 1, width + 1], options)], 2);
-        self.conv.forward(x)
+        conv2d(&self.conv, x)
     }
 }
 
@@ -176,7 +176,7 @@ impl<B: Backend> Upsample2D<B> {
     pub fn forward(&self, x: Tensor<B, 4>, size: Option<[usize; 2]>) -> Tensor<B, 4> {
         let [_, _, h, w] = x.dims();
         let size = size.unwrap_or([2 * h, 2 * w]);
-        self.conv.forward(upsample_nearest(x, size))
+        conv2d(&self.conv, upsample_nearest(x, size))
     }
 }
 

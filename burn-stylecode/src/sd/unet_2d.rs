@@ -19,7 +19,7 @@ use super::unet_2d_blocks::{
     MidBlock2DCrossAttnConfig, ResnetSettings, UpBlock2D, UpBlock2DConfig, UpSubBlocks,
 };
 use super::unet_hook::{HookInputs, NoHook, UNetHook, UpStep};
-use crate::nn::{GroupNorm, GroupNormConfig};
+use crate::nn::{conv2d, GroupNorm, GroupNormConfig};
 use crate::weights::JsonConfig;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::Conv2d;
@@ -419,7 +419,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
     /// output is the first skip.
     pub fn conv_in(&self, sample: Tensor<B, 4>) -> Tensor<B, 4> {
         let sample = if self.center_input_sample { sample * 2.0 - 1.0 } else { sample };
-        self.conv_in.forward(sample)
+        conv2d(&self.conv_in, sample)
     }
 
     /// Down sub-blocks in all (11 in SD1.5).
@@ -483,7 +483,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
 
     /// `conv_norm_out`, SiLU, `conv_out`: → predicted noise.
     pub fn head(&self, h: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        conv2d(&self.conv_out, silu(self.conv_norm_out.forward(h)))
     }
 
     /// Predicted noise for `sample` [B, 4, H, W] at `timesteps` (`[B]`, or

@@ -5,7 +5,7 @@ use super::unet_2d::ActFn;
 use super::unet_2d_blocks::{
     DownBlock2D, DownBlock2DConfig, ResnetSettings, UNetMidBlock2D, UNetMidBlock2DConfig, UpBlock2D, UpBlock2DConfig,
 };
-use crate::nn::{GroupNorm, GroupNormConfig};
+use crate::nn::{conv2d, GroupNorm, GroupNormConfig};
 use crate::weights::JsonConfig;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
@@ -192,10 +192,10 @@ pub struct Encoder<B: Backend> {
 
 impl<B: Backend> Encoder<B> {
     pub fn forward(&self, image: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv_in.forward(image);
+        let h = conv2d(&self.conv_in, image);
         let h = self.down_blocks.iter().fold(h, |h, block| block.forward(h, None, None));
         let h = self.mid_block.forward(h);
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        conv2d(&self.conv_out, silu(self.conv_norm_out.forward(h)))
     }
 }
 
@@ -212,9 +212,9 @@ pub struct Decoder<B: Backend> {
 
 impl<B: Backend> Decoder<B> {
     pub fn forward(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.mid_block.forward(self.conv_in.forward(latents));
+        let h = self.mid_block.forward(conv2d(&self.conv_in, latents));
         let h = self.up_blocks.iter().fold(h, |h, block| block.forward(h, None));
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        conv2d(&self.conv_out, silu(self.conv_norm_out.forward(h)))
     }
 }
 
@@ -236,7 +236,7 @@ impl<B: Backend> AutoencoderKL<B> {
     pub fn encode(&self, image: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let moments = self.encoder.forward(image);
         let moments = match &self.quant_conv {
-            Some(conv) => conv.forward(moments),
+            Some(conv) => conv2d(conv, moments),
             None => moments,
         };
         let mut halves = moments.chunk(2, 1);
@@ -255,7 +255,7 @@ impl<B: Backend> AutoencoderKL<B> {
     /// upsampler (8h × 8w in SD1.5), about [-1, 1].
     pub fn decode(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
         let latents = match &self.post_quant_conv {
-            Some(conv) => conv.forward(latents),
+            Some(conv) => conv2d(conv, latents),
             None => latents,
         };
         self.decoder.forward(latents)

@@ -7,13 +7,16 @@
 //! burn-flex uses.
 
 pub mod attention;
+pub mod conv;
+pub mod geglu;
 pub mod layout;
 mod simd;
 
 use burn::backend::Flex;
 use burn::prelude::*;
-use burn::tensor::DType;
-use std::any::TypeId;
+use burn::tensor::{DType, TensorPrimitive};
+use burn_flex::FlexTensor;
+use std::any::{Any, TypeId};
 
 /// Whether `B` is burn-flex (and not a wrapper of it, such as autodiff).
 pub fn is_flex<B: Backend>() -> bool {
@@ -25,9 +28,31 @@ pub(crate) fn runs_here<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bo
     is_flex::<B>() && tensor.dtype() == DType::F32
 }
 
-/// The f32 values of a tensor, in row-major order.
-pub(crate) fn host_values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
-    tensor.into_data().into_vec::<f32>().expect("an f32 tensor (checked by runs_here)")
+/// The burn-flex tensor of a tensor of backend `B` (checked by [`runs_here`]),
+/// made contiguous: a kernel reads it in place with [`values`].
+pub(crate) fn to_flex<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> FlexTensor {
+    let primitive: Box<dyn Any> = match tensor.into_primitive() {
+        TensorPrimitive::Float(primitive) => Box::new(primitive),
+        TensorPrimitive::QFloat(_) => panic!("a quantised tensor (checked by runs_here)"),
+    };
+    let flex = *primitive.downcast::<FlexTensor>().expect("a burn-flex tensor (checked by runs_here)");
+    if flex.as_slice::<f32>().is_some() {
+        flex
+    } else {
+        flex.to_contiguous()
+    }
+}
+
+/// The f32 values of a contiguous tensor from [`to_flex`], without a copy.
+pub(crate) fn values(tensor: &FlexTensor) -> &[f32] {
+    tensor.as_slice::<f32>().expect("a contiguous f32 tensor (made by to_flex)")
+}
+
+/// A kernel's output, row-major, as a tensor of backend `B` (burn-flex).
+pub(crate) fn from_values<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
+    let flex: Box<dyn Any> = Box::new(FlexTensor::from_data(TensorData::new(values, shape)));
+    let primitive = *flex.downcast::<B::FloatTensorPrimitive>().expect("B is burn-flex (checked by runs_here)");
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
 /// A raw pointer that tasks writing disjoint parts of one buffer share.

@@ -1,0 +1,72 @@
+//! 2-D convolution: every `Conv2d` of the crate runs through [`conv2d`].
+
+use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
+use burn::prelude::*;
+
+/// `conv.forward(x)`, on this crate's kernel ([`super::cpu::conv`]) for
+/// burn-flex in f32 with explicit or no padding, groups 1 and dilation 1;
+/// on burn's op otherwise (training, GPU backends, half precision).
+pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => Some([top, left, bottom, right]),
+        PaddingConfig2d::Valid => Some([0; 4]),
+        PaddingConfig2d::Same => None,
+    };
+    let weight = conv.weight.val();
+    let (Some(padding), true) = (padding, conv.groups == 1 && conv.dilation == [1, 1]) else {
+        return conv.forward(x);
+    };
+    if !super::cpu::runs_here(&x) || weight.dtype() != x.dtype() {
+        return conv.forward(x);
+    }
+    use super::cpu::{conv as kernel, from_values, to_flex, values};
+    let [batch, in_channels, height, width] = x.dims();
+    let [out_channels, weight_in, kh, kw] = weight.dims();
+    assert_eq!(weight_in, in_channels, "a conv over {weight_in} channels given {in_channels}");
+    let shape = kernel::ConvShape {
+        batch,
+        in_channels,
+        height,
+        width,
+        out_channels,
+        kernel: [kh, kw],
+        stride: conv.stride,
+        padding,
+    };
+    let [out_h, out_w] = shape.output_size();
+    let bias = conv.bias.as_ref().map(|bias| to_flex(bias.val()));
+    let (x, weight) = (to_flex(x), to_flex(weight));
+    let out = kernel::conv2d(values(&x), values(&weight), bias.as_ref().map(values), shape);
+    from_values(out, [batch, out_channels, out_h, out_w])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::testing::max_abs_difference;
+    use burn::backend::Flex;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::Distribution;
+
+    /// The kernel gives burn's convolution for the crate's configurations.
+    #[test]
+    fn gives_burns_convolution() {
+        let device = Default::default();
+        for (kernel, stride, padding, bias) in [
+            (3, 1, PaddingConfig2d::Explicit(1, 1, 1, 1), true),
+            (3, 2, PaddingConfig2d::Explicit(1, 1, 1, 1), true),
+            (3, 2, PaddingConfig2d::Explicit(0, 0, 1, 1), false),
+            (1, 1, PaddingConfig2d::Valid, true),
+        ] {
+            let conv: Conv2d<Flex> = Conv2dConfig::new([5, 7], [kernel, kernel])
+                .with_stride([stride, stride])
+                .with_padding(padding.clone())
+                .with_bias(bias)
+                .init(&device);
+            let x = Tensor::<Flex, 4>::random([2, 5, 9, 6], Distribution::Normal(0.0, 1.0), &device);
+            let difference = max_abs_difference(conv.forward(x.clone()), conv2d(&conv, x));
+            assert!(difference < 1e-5, "{kernel}x{kernel} stride {stride} {padding:?}: {difference}");
+        }
+    }
+}
