@@ -58,6 +58,9 @@ pub struct GroupNorm<B: Backend> {
 
 impl<B: Backend> GroupNorm<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if let Some(out) = self.on_cpu(&x, false) {
+            return out;
+        }
         let dtype = x.dtype();
         let shape = x.shape();
         let (batch, channels) = (shape[0], shape[1]);
@@ -71,6 +74,32 @@ impl<B: Backend> GroupNorm<B> {
         let gamma = self.gamma.val().cast(wide).reshape(per_channel);
         let beta = self.beta.val().cast(wide).reshape(per_channel);
         (normalized * gamma + beta).cast(dtype)
+    }
+
+    /// `silu(self.forward(x))`, fused on burn-flex.
+    pub fn forward_silu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self.on_cpu(&x, true) {
+            Some(out) => out,
+            None => burn::tensor::activation::silu(self.forward(x)),
+        }
+    }
+
+    /// This crate's kernel ([`super::cpu::group_norm`]) for burn-flex in f32.
+    fn on_cpu<const D: usize>(&self, x: &Tensor<B, D>, silu: bool) -> Option<Tensor<B, D>> {
+        use super::cpu::{from_values, group_norm, runs_here, to_flex, values};
+        if !runs_here(x) || self.gamma.val().dtype() != x.dtype() {
+            return None;
+        }
+        let dims = x.dims();
+        let shape = group_norm::GroupNormShape {
+            batch: dims[0],
+            channels: dims[1],
+            groups: self.num_groups,
+            spatial: dims[2..].iter().product(),
+        };
+        let (x, gamma, beta) = (to_flex(x.clone()), to_flex(self.gamma.val()), to_flex(self.beta.val()));
+        let out = group_norm::group_norm(values(&x), values(&gamma), values(&beta), self.epsilon, silu, shape);
+        Some(from_values(out, dims))
     }
 }
 

@@ -90,11 +90,11 @@ impl<B: Backend> ResnetBlock2D<B> {
     /// `x` [B, in, H, W], `temb` [B, temb_channels] → [B, out, H, W].
     /// `temb` is ignored by a block without a time projection.
     pub fn forward(&self, x: Tensor<B, 4>, temb: Option<&Tensor<B, 2>>) -> Tensor<B, 4> {
-        let mut h = conv2d(&self.conv1, silu(self.norm1.forward(x.clone())));
+        let mut h = conv2d(&self.conv1, self.norm1.forward_silu(x.clone()));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             h = h + proj.forward(silu(temb.clone())).unsqueeze_dims::<4>(&[2, 3]);
         }
-        let h = conv2d(&self.conv2, self.dropout.forward(silu(self.norm2.forward(h))));
+        let h = conv2d(&self.conv2, self.dropout.forward(self.norm2.forward_silu(h)));
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv2d(conv, x),
             None => x,

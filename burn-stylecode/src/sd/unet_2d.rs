@@ -24,7 +24,6 @@ use crate::weights::JsonConfig;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use serde::Deserialize;
 
 /// One value for every block, or one per block (diffusers accepts both).
@@ -483,7 +482,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
 
     /// `conv_norm_out`, SiLU, `conv_out`: → predicted noise.
     pub fn head(&self, h: Tensor<B, 4>) -> Tensor<B, 4> {
-        conv2d(&self.conv_out, silu(self.conv_norm_out.forward(h)))
+        conv2d(&self.conv_out, self.conv_norm_out.forward_silu(h))
     }
 
     /// Predicted noise for `sample` [B, 4, H, W] at `timesteps` (`[B]`, or

@@ -10,7 +10,6 @@ use crate::weights::JsonConfig;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 use serde::Deserialize;
 
 /// Epsilon of every group norm in the VAE (fixed by diffusers).
@@ -195,7 +194,7 @@ impl<B: Backend> Encoder<B> {
         let h = conv2d(&self.conv_in, image);
         let h = self.down_blocks.iter().fold(h, |h, block| block.forward(h, None, None));
         let h = self.mid_block.forward(h);
-        conv2d(&self.conv_out, silu(self.conv_norm_out.forward(h)))
+        conv2d(&self.conv_out, self.conv_norm_out.forward_silu(h))
     }
 }
 
@@ -214,7 +213,7 @@ impl<B: Backend> Decoder<B> {
     pub fn forward(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
         let h = self.mid_block.forward(conv2d(&self.conv_in, latents));
         let h = self.up_blocks.iter().fold(h, |h, block| block.forward(h, None));
-        conv2d(&self.conv_out, silu(self.conv_norm_out.forward(h)))
+        conv2d(&self.conv_out, self.conv_norm_out.forward_silu(h))
     }
 }
 

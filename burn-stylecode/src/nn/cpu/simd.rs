@@ -36,6 +36,43 @@ unsafe fn exp_rows_avx2(scores: &mut [f32], row_len: usize, sums: &mut [f32]) {
     exp_rows_portable::<true>(scores, row_len, sums)
 }
 
+/// `x · sigmoid(x)` in place, with sigmoid from `exp(−|x|)` (no overflow).
+pub(super) fn silu_in_place(values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { silu_avx512(values) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { silu_avx2(values) };
+        }
+    }
+    silu_portable(values, false)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn silu_avx512(values: &mut [f32]) {
+    silu_portable(values, true)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_avx2(values: &mut [f32]) {
+    silu_portable(values, true)
+}
+
+#[inline(always)]
+fn silu_portable(values: &mut [f32], fma: bool) {
+    for x in values.iter_mut() {
+        let e = exp_non_positive(-x.abs(), fma);
+        let sigmoid = if *x >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+        *x *= sigmoid;
+    }
+}
+
 #[inline(always)]
 fn exp_rows_portable<const FMA: bool>(scores: &mut [f32], row_len: usize, sums: &mut [f32]) {
     for (row, sum) in scores.chunks_exact_mut(row_len).zip(sums.iter_mut()) {
@@ -132,6 +169,19 @@ mod tests {
         assert!(worst < 3e-7, "worst relative error {worst:e}");
         assert!(exp_non_positive(f32::NAN, false).is_nan());
         assert!(exp_non_positive(-1e30, true) < 1e-37);
+    }
+
+    #[test]
+    fn silu_matches_its_definition() {
+        let mut values: Vec<f32> = (-400..=400).map(|i| i as f32 / 20.0).collect();
+        let expected: Vec<f64> = values.iter().map(|&x| f64::from(x) / (1.0 + (-f64::from(x)).exp())).collect();
+        silu_in_place(&mut values);
+        for (got, want) in values.iter().zip(&expected) {
+            assert!((f64::from(*got) - want).abs() <= 1e-6 * want.abs().max(1e-3), "{got} against {want}");
+        }
+        let mut nan = [f32::NAN];
+        silu_in_place(&mut nan);
+        assert!(nan[0].is_nan());
     }
 
     #[test]
