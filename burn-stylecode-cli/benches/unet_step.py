@@ -1,9 +1,11 @@
 """PyTorch twin of unet_step.rs: one full-size SD1.5 UNet step (diffusers,
 random weights, batch 2, 4x64x64, 77x768 context) on the CPU, plain or with
 a control module of the release's shape (mid + up blocks of a second UNet
-and 13 per-pixel mixing layers). Prints one JSON line like the Rust bench.
+and 13 per-pixel mixing layers), or one full-size VAE decode (diffusers'
+AutoencoderKL with SD1.5's config, a 4x64x64 latent -> 512x512). Prints one
+JSON line like the Rust bench.
 
-    python unet_step.py [plain|styled] [REPEATS]
+    python unet_step.py [plain|styled|vae] [REPEATS] [LATENT]
 """
 
 import json
@@ -12,16 +14,27 @@ import sys
 import time
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 mode = sys.argv[1] if len(sys.argv) > 1 else "plain"
 repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+latent = int(sys.argv[3]) if len(sys.argv) > 3 else 64
 torch.manual_seed(0)
 torch.set_grad_enabled(False)
 
 
+if mode == "vae":
+    vae = AutoencoderKL(
+        block_out_channels=[128, 256, 512, 512],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    ).eval()
+    latents = torch.randn(1, 4, 64, 64)
 unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8).eval()
-sample = torch.randn(2, 4, 64, 64)
+sample = torch.randn(2, 4, latent, latent)
 context = torch.randn(2, 77, 768)
 t = torch.tensor([500.0])
 
@@ -30,7 +43,7 @@ if mode == "styled":
     del ctrl.down_blocks, ctrl.conv_in, ctrl.conv_out, ctrl.conv_norm_out, ctrl.time_embedding
     widths = [1280] + [1280] * 3 + [1280] * 3 + [640] * 3 + [320] * 3
     mixers = [torch.nn.Linear(2 * c, 2 * c) for c in widths]
-    style = torch.randn(2, 1280, 8, 8)
+    style = torch.randn(2, 1280, (latent + 7) // 8, (latent + 7) // 8)
 
 
 def sub_blocks(blocks):
@@ -85,6 +98,8 @@ def styled_step():
 
 
 def step():
+    if mode == "vae":
+        return vae.decode(latents).sample
     if mode == "styled":
         return styled_step()
     return unet(sample, t, context).sample
@@ -101,6 +116,7 @@ print(json.dumps({
     "impl": "pytorch",
     "backend": "cpu",
     "mode": mode,
+    "latent": latent,
     "threads": torch.get_num_threads(),
     "seconds_per_step": times[len(times) // 2],
     "all_seconds": times,

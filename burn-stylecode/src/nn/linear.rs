@@ -35,6 +35,10 @@ impl LinearConfig {
     }
 }
 
+/// Rows below which burn-flex's matmul is padded (gemm's general path
+/// starts above 64 rows).
+const MIN_GEMM_ROWS: usize = 128;
+
 /// `y = x Wᵀ + b` over the last axis, with `W` stored `[out, in]`.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
@@ -48,7 +52,15 @@ impl<B: Backend> Linear<B> {
         let mut dims = x.dims();
         let d_input = dims[D - 1];
         let rows = x.shape().num_elements() / d_input.max(1);
-        let y = x.reshape([rows, d_input]).matmul(self.weight.val().transpose());
+        let x = x.reshape([rows, d_input]);
+        let y = if crate::nn::cpu::is_flex::<B>() && rows < MIN_GEMM_ROWS {
+            // gemm takes other paths (gemv; another k-blocking) for ≤ 64
+            // rows: padded, every row sums in the same order in any batch.
+            let padding = Tensor::zeros([MIN_GEMM_ROWS - rows, d_input], (&x.device(), x.dtype()));
+            Tensor::cat(vec![x, padding], 0).matmul(self.weight.val().transpose()).slice([0..rows])
+        } else {
+            x.matmul(self.weight.val().transpose())
+        };
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze::<2>(),
             None => y,
@@ -62,6 +74,23 @@ impl<B: Backend> Linear<B> {
 mod tests {
     use super::*;
     use burn::backend::Flex;
+
+    /// A row's result does not depend on how many rows share the call
+    /// (`generate --batch-size` gives each image as alone; the time
+    /// embedding has one row per sample).
+    #[test]
+    fn rows_give_the_same_values_in_any_batch() {
+        let device = Default::default();
+        for (rows, d_in, d_out) in [(1, 32, 128), (1, 320, 1280), (1, 1280, 1280), (24, 32, 32), (70, 600, 64)] {
+            let linear = LinearConfig::new(d_in, d_out).init::<Flex>(&device);
+            let x = Tensor::<Flex, 3>::random([4, rows, d_in], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+            let alone = linear.forward(x.clone().slice([1..2])).into_data();
+            for batch in [2, 4] {
+                let within = linear.forward(x.clone().slice([0..batch])).slice([1..2]).into_data();
+                within.assert_eq(&alone, true);
+            }
+        }
+    }
 
     #[test]
     fn multiplies_by_the_transposed_pytorch_weight() {

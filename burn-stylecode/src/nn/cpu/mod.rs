@@ -74,3 +74,70 @@ impl SharedMut {
 // SAFETY: every task writes only its own elements (see each use).
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
+
+#[cfg(test)]
+mod tests {
+    //! A sample's result must not depend on what else is in its batch
+    //! (`generate --batch-size` promises the same image as alone): each
+    //! kernel, given a batch of 3, gives sample 1 bit for bit as alone.
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len as u32)
+            .map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 700.0 - 1.4)
+            .collect()
+    }
+
+    /// Sample 1 of a 3-sample batch, each sample `len` values.
+    fn second(batch: &[f32], len: usize) -> &[f32] {
+        &batch[len..2 * len]
+    }
+
+    #[test]
+    fn attention_is_batch_invariant() {
+        let (len_q, len_k, d_model, heads) = (150, 77, 40, 8);
+        let shape = |batch| attention::AttentionShape { batch, len_q, len_k, d_model, heads };
+        let (q, k, v) =
+            (values(3 * len_q * d_model, 1), values(3 * len_k * d_model, 2), values(3 * len_k * d_model, 3));
+        let batched = attention::attention(&q, &k, &v, shape(3));
+        let alone = attention::attention(
+            second(&q, len_q * d_model),
+            second(&k, len_k * d_model),
+            second(&v, len_k * d_model),
+            shape(1),
+        );
+        assert!(second(&batched, len_q * d_model) == alone.as_slice());
+    }
+
+    #[test]
+    fn conv_is_batch_invariant() {
+        for (k, padding) in [(3, [1; 4]), (1, [0; 4])] {
+            let shape = |batch| conv::ConvShape {
+                batch,
+                in_channels: 64,
+                height: 12,
+                width: 10,
+                out_channels: 48,
+                kernel: [k, k],
+                stride: [1, 1],
+                padding,
+            };
+            let x = values(3 * 64 * 120, 4);
+            let weight = values(48 * 64 * k * k, 5);
+            let bias = values(48, 6);
+            let batched = conv::conv2d(&x, &weight, Some(&bias), shape(3));
+            let alone = conv::conv2d(second(&x, 64 * 120), &weight, Some(&bias), shape(1));
+            assert!(second(&batched, 48 * 120) == alone.as_slice(), "{k}x{k}");
+        }
+    }
+
+    #[test]
+    fn group_norm_is_batch_invariant() {
+        let shape = |batch| group_norm::GroupNormShape { batch, channels: 64, groups: 32, spatial: 99 };
+        let x = values(3 * 64 * 99, 7);
+        let (gamma, beta) = (values(64, 8), values(64, 9));
+        let batched = group_norm::group_norm(&x, &gamma, &beta, 1e-5, true, shape(3));
+        let alone = group_norm::group_norm(second(&x, 64 * 99), &gamma, &beta, 1e-5, true, shape(1));
+        assert!(second(&batched, 64 * 99) == alone.as_slice());
+    }
+}
