@@ -149,11 +149,26 @@ fn three_steps_match_the_pytorch_twin() {
             || (p.contains(".multihead_attn.") && (p.contains(".q_proj.") || p.contains(".k_proj.")))
     };
     assert!(vanishing.iter().all(explained), "{vanishing:?}");
-    let mut worst = 0f32;
+    // The same holds for single elements: a weight whose step-1 gradient is
+    // under 1e-5 of its tensor's largest (in the control convs whose input has
+    // the zero skip's channels, say) takes an AdamW step whose
+    // size and sign rounding decides. They are left out, and must stay under
+    // 1% (measured: 436 of 195,812).
+    let (mut worst, mut left_out, mut total) = (0f32, 0usize, 0usize);
     for (path, actual) in parameters(&model).into_iter().filter(|(p, _)| !vanishing.contains(p)) {
-        worst = worst.max(assert_close_values(&path, &actual, &official_values(&file, "final.", &path)));
+        let expected = official_values(&file, "final.", &path);
+        let gradient = official_values(&file, "grad.", &path);
+        let floor = 1e-5 * gradient.iter().fold(0f32, |m, g| m.max(g.abs()));
+        // (An exactly zero gradient, as for the zero skip's inputs, takes no step on either side.)
+        let kept: Vec<usize> =
+            (0..expected.len()).filter(|&i| gradient[i] == 0.0 || gradient[i].abs() >= floor).collect();
+        left_out += expected.len() - kept.len();
+        total += expected.len();
+        let pick = |values: &[f32]| kept.iter().map(|&i| values[i]).collect::<Vec<f32>>();
+        worst = worst.max(assert_close_values(&path, &pick(&actual), &pick(&expected)));
     }
-    println!("parameters after 3 steps: max relative error {worst:e}");
+    assert!(left_out * 100 < total, "{left_out} of {total} weights have a vanishing gradient");
+    println!("parameters after 3 steps: max relative error {worst:e} ({left_out} of {total} weights left out)");
     let (initial, _) = model_and_frozen();
     let moved =
         parameters(&initial).iter().zip(parameters(&model)).filter(|((_, before), (_, after))| before != after).count();
