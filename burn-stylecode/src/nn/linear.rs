@@ -57,7 +57,7 @@ impl<B: Backend> Linear<B> {
             // gemm takes other paths (gemv; another k-blocking) for ≤ 64
             // rows: padded, every row sums in the same order in any batch.
             let padding = Tensor::zeros([MIN_GEMM_ROWS - rows, d_input], (&x.device(), x.dtype()));
-            Tensor::cat(vec![x, padding], 0).matmul(self.weight.val().transpose()).slice([0..rows])
+            Tensor::cat(vec![x, padding], 0).matmul(self.weight.val().transpose()).narrow(0, 0, rows)
         } else {
             x.matmul(self.weight.val().transpose())
         };
@@ -84,9 +84,9 @@ mod tests {
         for (rows, d_in, d_out) in [(1, 32, 128), (1, 320, 1280), (1, 1280, 1280), (24, 32, 32), (70, 600, 64)] {
             let linear = LinearConfig::new(d_in, d_out).init::<Flex>(&device);
             let x = Tensor::<Flex, 3>::random([4, rows, d_in], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-            let alone = linear.forward(x.clone().slice([1..2])).into_data();
+            let alone = linear.forward(x.clone().narrow(0, 1, 1)).into_data();
             for batch in [2, 4] {
-                let within = linear.forward(x.clone().slice([0..batch])).slice([1..2]).into_data();
+                let within = linear.forward(x.clone().narrow(0, 0, batch)).narrow(0, 1, 1).into_data();
                 within.assert_eq(&alone, true);
             }
         }
