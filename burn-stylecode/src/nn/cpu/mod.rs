@@ -75,6 +75,14 @@ impl SharedMut {
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+/// Reproducible test inputs: `len` values spread over ±`amplitude`.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u32, amplitude: f32) -> Vec<f32> {
+    (0..len as u32)
+        .map(|i| (((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0) * amplitude)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     //! A sample's result must not depend on what else is in its batch
@@ -83,9 +91,7 @@ mod tests {
     use super::*;
 
     fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len as u32)
-            .map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 700.0 - 1.4)
-            .collect()
+        test_values(len, seed, 1.4)
     }
 
     /// Sample 1 of a 3-sample batch, each sample `len` values.
