@@ -69,4 +69,26 @@ mod tests {
             assert!(difference < 1e-5, "{kernel}x{kernel} stride {stride} {padding:?}: {difference}");
         }
     }
+
+    /// A 3×3 conv over a large image takes the Winograd path, and still gives burn's.
+    #[test]
+    fn gives_burns_convolution_on_the_winograd_path() {
+        let device = Default::default();
+        let conv: Conv2d<Flex> =
+            Conv2dConfig::new([16, 8], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(&device);
+        let x = Tensor::<Flex, 4>::random([2, 16, 33, 34], Distribution::Normal(0.0, 1.0), &device);
+        let shape = crate::nn::cpu::conv::ConvShape {
+            batch: 2,
+            in_channels: 16,
+            height: 33,
+            width: 34,
+            out_channels: 8,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1; 4],
+        };
+        assert!(crate::nn::cpu::winograd::applies(&shape));
+        let difference = max_abs_difference(conv.forward(x.clone()), conv2d(&conv, x));
+        assert!(difference < 1e-5, "{difference}");
+    }
 }

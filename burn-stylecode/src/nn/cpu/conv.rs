@@ -6,7 +6,8 @@
 //! scatters the result back. Here the PyTorch weight [C_out, C_in·kh·kw]
 //! is already the gemm's left matrix: the columns are gathered in the
 //! same (c_in, dy, dx) order, the output lands in NCHW, and the bias is the
-//! gemm's initial value. 1×1 convolutions read the input in place.
+//! gemm's initial value. 1×1 convolutions read the input in place. 3×3
+//! stride-1 convolutions over large images go to [`super::winograd`].
 
 use super::SharedMut;
 use gemm::{gemm, Parallelism};
@@ -53,6 +54,9 @@ pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: ConvShape)
     assert_eq!(x.len(), batch * in_channels * height * width, "x is not {shape:?}");
     assert_eq!(weight.len(), out_channels * depth, "the weight is not {shape:?}");
     assert!(stride[0] > 0 && stride[1] > 0, "stride {stride:?}");
+    if super::winograd::applies(&shape) {
+        return super::winograd::conv3x3(x, weight, bias, shape);
+    }
     let pixels = out_h * out_w;
     let mut out = vec![0f32; batch * out_channels * pixels];
     if out.is_empty() {

@@ -12,6 +12,7 @@ pub mod geglu;
 pub mod group_norm;
 pub mod layout;
 mod simd;
+pub mod winograd;
 
 use burn::backend::Flex;
 use burn::prelude::*;
@@ -117,23 +118,26 @@ mod tests {
 
     #[test]
     fn conv_is_batch_invariant() {
-        for (k, padding) in [(3, [1; 4]), (1, [0; 4])] {
+        // im2col (3×3 on a small image), Winograd (3×3 on a large one), in place (1×1).
+        for (k, padding, height, width) in [(3, [1; 4], 12, 10), (3, [1; 4], 33, 32), (1, [0; 4], 12, 10)] {
             let shape = |batch| conv::ConvShape {
                 batch,
                 in_channels: 64,
-                height: 12,
-                width: 10,
+                height,
+                width,
                 out_channels: 48,
                 kernel: [k, k],
                 stride: [1, 1],
                 padding,
             };
-            let x = values(3 * 64 * 120, 4);
+            assert_eq!(winograd::applies(&shape(1)), height == 33, "the case list covers each path");
+            let pixels = height * width;
+            let x = values(3 * 64 * pixels, 4);
             let weight = values(48 * 64 * k * k, 5);
             let bias = values(48, 6);
             let batched = conv::conv2d(&x, &weight, Some(&bias), shape(3));
-            let alone = conv::conv2d(second(&x, 64 * 120), &weight, Some(&bias), shape(1));
-            assert!(second(&batched, 48 * 120) == alone.as_slice(), "{k}x{k}");
+            let alone = conv::conv2d(second(&x, 64 * pixels), &weight, Some(&bias), shape(1));
+            assert!(second(&batched, 48 * pixels) == alone.as_slice(), "{k}x{k} over {height}x{width}");
         }
     }
 
