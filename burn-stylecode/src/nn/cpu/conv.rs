@@ -74,7 +74,7 @@ pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: ConvShape)
         let image = &x[b * in_channels * height * width..][..in_channels * height * width];
         let out_image = &mut out[b * out_channels * pixels..][..out_channels * pixels];
         if pointwise {
-            multiply(out_image, pixels, weight, image, out_channels, depth, pixels, bias.is_some());
+            multiply(out_image, pixels, weight, image, pixels, out_channels, depth, pixels, bias.is_some());
             continue;
         }
         for row0 in (0..out_h).step_by(rows_per_block) {
@@ -86,6 +86,7 @@ pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: ConvShape)
                 pixels,
                 weight,
                 &columns[..depth * block],
+                block,
                 out_channels,
                 depth,
                 block,
@@ -128,19 +129,21 @@ fn gather_columns(columns: &mut [f32], image: &[f32], shape: ConvShape, row0: us
 }
 
 /// out[m, j] (+)= Σ_k lhs[m, k] · rhs[k, j] for j < n, with out's rows
-/// `out_stride` apart; gemm spreads the work over rayon's threads.
+/// `out_stride` and rhs's `rhs_stride` apart; gemm spreads the work over
+/// rayon's threads.
 #[allow(clippy::too_many_arguments)]
-fn multiply(
+pub(super) fn multiply(
     out: &mut [f32],
     out_stride: usize,
     lhs: &[f32],
     rhs: &[f32],
+    rhs_stride: usize,
     m: usize,
     k: usize,
     n: usize,
     accumulate: bool,
 ) {
-    assert!(lhs.len() >= m * k && rhs.len() >= k * n && out.len() >= (m - 1) * out_stride + n);
+    assert!(lhs.len() >= m * k && rhs.len() >= (k - 1) * rhs_stride + n && out.len() >= (m - 1) * out_stride + n);
     let out = SharedMut::new(out);
     // SAFETY: the extents are checked above; gemm writes only out's m × n window.
     unsafe {
@@ -157,7 +160,7 @@ fn multiply(
             k as isize,
             rhs.as_ptr(),
             1,
-            n as isize,
+            rhs_stride as isize,
             1.0,
             1.0,
             false,
@@ -169,11 +172,11 @@ fn multiply(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    /// Direct convolution in f64.
-    fn naive(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: ConvShape) -> Vec<f32> {
+    /// Direct convolution in f64 (also the reference of `winograd`'s tests).
+    pub(in crate::nn::cpu) fn naive(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: ConvShape) -> Vec<f32> {
         let ConvShape { batch, in_channels, height, width, out_channels, kernel: [kh, kw], stride, padding } = shape;
         let [out_h, out_w] = shape.output_size();
         let mut out = vec![0f32; batch * out_channels * out_h * out_w];

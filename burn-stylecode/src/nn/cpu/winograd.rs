@@ -9,9 +9,8 @@
 //! The transforms use only 0, ±1 and ±½ (exact in f32), so the result is
 //! as accurate as the direct sum (tested against it in f64).
 
-use super::conv::ConvShape;
+use super::conv::{multiply, ConvShape};
 use super::SharedMut;
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -78,15 +77,11 @@ fn conv3x3_in_blocks(
             let tiles = rows * tiles_w;
             transform_input(&mut v, capacity, image, shape, row0, rows, tiles_w);
             // One gemm per tile position, the positions in parallel.
-            let products = SharedMut::new(&mut m);
-            (0..16).into_par_iter().for_each(|xi| {
-                let lhs = &u[xi * out_channels * in_channels..][..out_channels * in_channels];
-                let rhs = &v[xi * in_channels * capacity..][..in_channels * capacity];
-                // SAFETY: position ξ writes only its own [C_out, capacity] slab of m.
-                unsafe {
-                    let dst = products.get().add(xi * out_channels * capacity);
-                    multiply(dst, capacity, lhs, rhs, out_channels, in_channels, tiles);
-                }
+            let slabs = m[..16 * out_channels * capacity].par_chunks_mut(out_channels * capacity);
+            let lhs = u.par_chunks(out_channels * in_channels);
+            let rhs = v.par_chunks(in_channels * capacity);
+            slabs.zip(lhs).zip(rhs).for_each(|((products, lhs), rhs)| {
+                multiply(products, capacity, lhs, rhs, capacity, out_channels, in_channels, tiles, false);
             });
             transform_output(out_image, &m, capacity, bias, shape, row0, rows, tiles_w);
         }
@@ -283,74 +278,13 @@ fn transform_output(
     );
 }
 
-/// dst[i, j] = Σ_k lhs[i, k] · rhs[k, j] for i < m, j < n, with dst's and
-/// rhs's rows `stride` apart.
-///
-/// # Safety
-/// `dst` must point at m rows of `stride` writable values no one else touches.
-unsafe fn multiply(dst: *mut f32, stride: usize, lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: usize) {
-    assert!(lhs.len() >= m * k && rhs.len() >= k * stride && n <= stride);
-    gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        stride as isize,
-        false,
-        lhs.as_ptr(),
-        1,
-        k as isize,
-        rhs.as_ptr(),
-        1,
-        stride as isize,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::Rayon(0),
-    );
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::conv::tests::naive;
     use super::*;
 
     fn values(len: usize, seed: u32) -> Vec<f32> {
         crate::nn::cpu::test_values(len, seed, 1.0)
-    }
-
-    /// Direct 3×3 convolution in f64.
-    fn naive(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: ConvShape) -> Vec<f64> {
-        let ConvShape { batch, in_channels, height, width, out_channels, padding, .. } = shape;
-        let [out_h, out_w] = shape.output_size();
-        let mut out = vec![0f64; batch * out_channels * out_h * out_w];
-        for b in 0..batch {
-            for o in 0..out_channels {
-                for oy in 0..out_h {
-                    for ox in 0..out_w {
-                        let mut sum = bias.map_or(0.0, |bias| f64::from(bias[o]));
-                        for c in 0..in_channels {
-                            for dy in 0..3 {
-                                for dx in 0..3 {
-                                    let iy = (oy + dy) as isize - padding[0] as isize;
-                                    let ix = (ox + dx) as isize - padding[1] as isize;
-                                    if iy < 0 || ix < 0 || iy >= height as isize || ix >= width as isize {
-                                        continue;
-                                    }
-                                    sum += f64::from(
-                                        x[((b * in_channels + c) * height + iy as usize) * width + ix as usize],
-                                    ) * f64::from(weight[((o * in_channels + c) * 3 + dy) * 3 + dx]);
-                                }
-                            }
-                        }
-                        out[((b * out_channels + o) * out_h + oy) * out_w + ox] = sum;
-                    }
-                }
-            }
-        }
-        out
     }
 
     fn shape(
@@ -380,7 +314,7 @@ mod tests {
             let ours = conv3x3(&x, &weight, bias.as_deref(), shape);
             let expected = naive(&x, &weight, bias.as_deref(), shape);
             assert_eq!(ours.len(), expected.len(), "{shape:?}");
-            let worst = ours.iter().zip(&expected).fold(0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
+            let worst = ours.iter().zip(&expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(worst < 1e-5, "{shape:?}: max error {worst}");
         }
     }
@@ -395,7 +329,7 @@ mod tests {
         let bias = values(6, 6);
         let ours = conv3x3_in_blocks(&x, &weight, Some(&bias), shape, bound);
         let expected = naive(&x, &weight, Some(&bias), shape);
-        let worst = ours.iter().zip(&expected).fold(0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
+        let worst = ours.iter().zip(&expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(worst < 1e-5, "max error {worst}");
     }
 }
