@@ -6,7 +6,7 @@
 //! prints one JSON line: the backend, the mode, seconds per step (median of
 //! the repeats, after one warm-up) and the process's peak resident memory.
 //! Run one configuration per process so that peak memory is its own;
-//! `benches/unet_step.sh` runs them all beside PyTorch.
+//! `cargo xtask bench` runs them all beside PyTorch (`unet_step.py`).
 
 use burn::prelude::*;
 use burn_stylecode::sd::unet_2d::{UNet2DConditionModel, UNetConfig};

@@ -1,217 +1,430 @@
-//! `cargo xtask bench-import`: how long importing a full-size SD1.5 single
-//! file takes, and how long the imported weights take to open.
+//! `cargo xtask bench`: burn-stylecode beside PyTorch on this machine, in
+//! one run, with equal thread counts, and a table of medians and ratios.
 //!
-//! It writes a random checkpoint with every tensor of SD1.5 under its
-//! original LDM name and shape (f16: ~2.1 GB) into a temporary folder,
-//! imports it, reruns the import (which only verifies), opens the imported
-//! files as the loaders do (mmap + header), reads every tensor, loads the
-//! whole pipeline on burn-flex in f32 and f16 as `stylecode generate` does,
-//! then deletes everything. Warm page cache: the numbers are for a warm disk.
+//! The rows:
+//! - `unet-plain`, `unet-styled`, `vae-decode`, `unet-plain-8`: one network
+//!   call on random full-size weights, in its own process per side
+//!   (`burn-stylecode-cli/benches/unet_step.{rs,py}`), timed inside it after a
+//!   warm-up;
+//! - `encode`, `generate`: the whole `stylecode encode` of one image and the
+//!   whole 20-step 512² `stylecode generate`, against their PyTorch twins
+//!   (`benches/encode.py`, the release's pipeline; `benches/generate.py`,
+//!   diffusers), each a fresh process timed from outside after a warm-up run,
+//!   over one random full-size weights folder that both sides read
+//!   (`benches/make_weights.py`).
+//!
+//! Every side uses the same number of threads (`--threads`, default: the
+//! machine's cores) through `RAYON_NUM_THREADS` and `OMP_NUM_THREADS`.
+//! Benchmark only on a quiet machine: a build beside it skews it 2–5×.
 
-use anyhow::{Context, Result};
-use burn::backend::Flex;
-use burn::prelude::*;
-use burn::tensor::DType;
-use burn_stylecode::import::{expected, sd15_from_single_file, ImportOptions, Sd15Configs, WeightDtype};
-use burn_stylecode::sd::pipeline::StableDiffusion;
-use burn_stylecode::sd::{clip::ClipTextConfig, unet_2d::UNetConfig, vae::VaeConfig};
-use burn_stylecode::weights::safetensors::TensorFile;
-use burn_stylecode::weights::JsonConfig;
-use std::io::{BufWriter, Write};
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Where to make the temporary folder (default: the system's).
+    /// Rows to run, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub rows: Vec<Row>,
+    /// Timed repeats of each row, after one warm-up (≥ 5 for figures worth quoting).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Threads on both sides (default: this machine's cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Python with torch, diffusers and transformers for the PyTorch twins
+    /// (default: $PYTHON, else python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// burn backends of the network rows, comma-separated: cpu, wgpu, cuda
+    /// (wgpu and cuda are built with their cargo features).
+    #[arg(long, value_delimiter = ',', default_value = "cpu")]
+    pub backends: Vec<String>,
+    /// A weights folder made by `benches/make_weights.py` (or kept by
+    /// `--keep`) for the encode and generate rows; made afresh otherwise.
+    #[arg(long, value_name = "DIR")]
+    pub weights: Option<PathBuf>,
+    /// Where to make the temporary weights folder (≈ 4.8 GB; default: the system's).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Storage type of the imported weights.
-    #[arg(long, default_value = "f16", value_parser = |s: &str| s.parse::<WeightDtype>())]
-    pub dtype: WeightDtype,
-    /// Start-up loads timed per dtype.
-    #[arg(long, default_value_t = 3)]
-    pub repeats: usize,
-    /// Keep the temporary folder.
+    /// Keep the weights folder it made (its path is printed).
     #[arg(long)]
     pub keep: bool,
+    /// Denoising steps of the generate row.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
 }
 
-/// xorshift64*: cheap, reproducible bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Row {
+    /// One UNet step, batch 2 (classifier-free guidance), 4×64×64, 77×768 context.
+    UnetPlain,
+    /// The same step with the style control module.
+    UnetStyled,
+    /// One VAE decode, 4×64×64 → 3×512×512.
+    VaeDecode,
+    /// One UNet step at 8×8: how the step's cost follows its FLOPs.
+    UnetPlain8,
+    /// The whole `stylecode encode` of one PNG (process start to exit).
+    Encode,
+    /// The whole 20-step 512² `stylecode generate` (process start to exit).
+    Generate,
 }
 
-/// A safetensors file of random f16 values, written as a stream.
-fn write_random_checkpoint(path: &Path, tensors: &[(String, Vec<usize>)]) -> Result<u64> {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for (name, shape) in tensors {
-        let len = shape.iter().product::<usize>() * 2;
-        header.insert(
-            name.clone(),
-            serde_json::json!({ "dtype": "F16", "shape": shape, "data_offsets": [offset, offset + len] }),
-        );
-        offset += len;
-    }
-    let mut text = serde_json::Value::Object(header).to_string();
-    while !(8 + text.len()).is_multiple_of(8) {
-        text.push(' ');
-    }
-    let mut out = BufWriter::with_capacity(8 << 20, std::fs::File::create(path)?);
-    out.write_all(&(text.len() as u64).to_le_bytes())?;
-    out.write_all(text.as_bytes())?;
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut left = offset;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        for pair in chunk[..n].chunks_exact_mut(8) {
-            // Four f16 values in ±[0.25, 0.5): sign, a fixed exponent, random mantissa.
-            let r = rng.next();
-            for (i, b) in pair.chunks_exact_mut(2).enumerate() {
-                let bits = (((r >> (16 * i)) as u16) & 0x83ff) | 0x3400;
-                b.copy_from_slice(&bits.to_le_bytes());
-            }
+impl Row {
+    const ALL: [Row; 6] =
+        [Row::UnetPlain, Row::UnetStyled, Row::VaeDecode, Row::UnetPlain8, Row::Encode, Row::Generate];
+
+    fn name(self) -> &'static str {
+        match self {
+            Row::UnetPlain => "UNet step 64²",
+            Row::UnetStyled => "styled step 64²",
+            Row::VaeDecode => "VAE decode 512²",
+            Row::UnetPlain8 => "UNet step 8²",
+            Row::Encode => "encode (process)",
+            Row::Generate => "generate (process)",
         }
-        out.write_all(&chunk[..n])?;
-        left -= n;
     }
-    out.flush()?;
-    Ok(8 + text.len() as u64 + offset as u64)
+
+    /// `unet_step`'s mode and latent side, for the network rows.
+    fn network(self) -> Option<(&'static str, usize)> {
+        match self {
+            Row::UnetPlain => Some(("plain", 64)),
+            Row::UnetStyled => Some(("styled", 64)),
+            Row::VaeDecode => Some(("vae", 64)),
+            Row::UnetPlain8 => Some(("plain", 8)),
+            Row::Encode | Row::Generate => None,
+        }
+    }
 }
 
-fn seconds(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64()
+/// One side's figures for one row.
+struct Measurement {
+    row: Row,
+    side: String,
+    /// Sorted seconds of the timed repeats.
+    seconds: Vec<f64>,
+    peak_mib: Option<f64>,
+}
+
+impl Measurement {
+    fn median(&self) -> f64 {
+        self.seconds[self.seconds.len() / 2]
+    }
+}
+
+/// A finished child process: its output, wall time and peak memory.
+struct Finished {
+    stdout: String,
+    seconds: f64,
+    peak_mib: Option<f64>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let base = match &args.dir {
+    ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    let rows = if args.rows.is_empty() { Row::ALL.to_vec() } else { args.rows.clone() };
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask sits in the workspace")?;
+    let binaries = build(repo, &args.backends)?;
+    eprintln!("{threads} threads a side, {} repeats after a warm-up", args.repeats);
+
+    let needs_weights: Vec<&str> = [(Row::Encode, "encode"), (Row::Generate, "generate")]
+        .into_iter()
+        .filter(|(row, _)| rows.contains(row))
+        .map(|(_, part)| part)
+        .collect();
+    let made = match (&args.weights, needs_weights.is_empty()) {
+        (_, true) | (Some(_), false) => None,
+        (None, false) => Some(make_weights(repo, args, threads, &needs_weights)?),
+    };
+    let weights = args.weights.clone().or_else(|| made.as_ref().map(|dir| dir.path().join("weights")));
+
+    let mut results = Vec::new();
+    for &row in &rows {
+        let measured = match row.network() {
+            Some((mode, latent)) => network_row(repo, args, &binaries, threads, row, mode, latent),
+            None => process_row(repo, args, &binaries, threads, row, weights.as_deref().expect("made above")),
+        };
+        match measured {
+            Ok(mut measurements) => results.append(&mut measurements),
+            Err(error) => eprintln!("{}: failed: {error:#}", row.name()),
+        }
+    }
+    print_table(&results, threads);
+
+    if let Some(dir) = made.filter(|_| args.keep) {
+        println!("kept the weights folder: {}", dir.keep().join("weights").display());
+    }
+    Ok(())
+}
+
+/// The built executables: `stylecode` and the `unet_step` bench.
+struct Binaries {
+    stylecode: PathBuf,
+    unet_step: PathBuf,
+}
+
+/// Builds the release CLI and the network bench, with the GPU backends asked for.
+fn build(repo: &Path, backends: &[String]) -> Result<Binaries> {
+    let mut features = Vec::new();
+    for backend in backends {
+        match backend.as_str() {
+            "cpu" => {}
+            "wgpu" | "cuda" => features.push(format!("burn-stylecode-cli/{backend}")),
+            other => bail!("unknown backend `{other}` (cpu, wgpu, cuda)"),
+        }
+    }
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo.current_dir(repo).args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "burn-stylecode-cli",
+        "--bin",
+        "stylecode",
+        "--bench",
+        "unet_step",
+        "--message-format=json-render-diagnostics",
+    ]);
+    if !features.is_empty() {
+        cargo.args(["--features", &features.join(",")]);
+    }
+    eprintln!("building the release CLI and bench…");
+    let output = cargo.stderr(Stdio::inherit()).output().context("running cargo build")?;
+    ensure!(output.status.success(), "cargo build failed ({})", output.status);
+    let (mut stylecode, mut unet_step) = (None, None);
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<Value>(line) else { continue };
+        let (Some(name), Some(exe)) = (message["target"]["name"].as_str(), message["executable"].as_str()) else {
+            continue;
+        };
+        match name {
+            "stylecode" => stylecode = Some(PathBuf::from(exe)),
+            "unet_step" => unet_step = Some(PathBuf::from(exe)),
+            _ => {}
+        }
+    }
+    Ok(Binaries {
+        stylecode: stylecode.context("cargo reported no `stylecode` executable")?,
+        unet_step: unet_step.context("cargo reported no `unet_step` executable")?,
+    })
+}
+
+/// `command` with the thread count of both sides set.
+fn with_threads(mut command: Command, threads: usize) -> Command {
+    command.env("RAYON_NUM_THREADS", threads.to_string()).env("OMP_NUM_THREADS", threads.to_string());
+    command
+}
+
+fn python(args: &BenchArgs, repo: &Path, script: &str, threads: usize) -> Command {
+    let interpreter = args.python.clone().or_else(|| std::env::var_os("PYTHON").map(PathBuf::from));
+    let mut command = with_threads(Command::new(interpreter.unwrap_or_else(|| "python3".into())), threads);
+    command.arg(repo.join("burn-stylecode-cli/benches").join(script));
+    command
+}
+
+/// Runs `command` to the end; its stdout, wall time and peak resident memory.
+fn finish(mut command: Command, what: &str) -> Result<Finished> {
+    let start = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what} ({command:?})"))?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let mut stdout = String::new();
+    child.stdout.take().expect("piped").read_to_string(&mut stdout)?;
+    let (status, peak_mib) = wait_with_peak(child)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let stderr = stderr.join().unwrap_or_default();
+    if !status.success() {
+        let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!("{what} failed ({status}):\n{}", tail.join("\n"));
+    }
+    Ok(Finished { stdout, seconds, peak_mib })
+}
+
+/// Waits for `child`, with the peak resident memory the kernel kept for it.
+#[cfg(unix)]
+fn wait_with_peak(child: std::process::Child) -> Result<(std::process::ExitStatus, Option<f64>)> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data, zeroed is a valid value; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own unwaited child; both pointers are valid.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    ensure!(waited == pid, "waiting for process {pid}: {}", std::io::Error::last_os_error());
+    // ru_maxrss is in KiB on Linux, in bytes on macOS.
+    let kib = if cfg!(target_os = "macos") { usage.ru_maxrss as f64 / 1024.0 } else { usage.ru_maxrss as f64 };
+    Ok((std::process::ExitStatus::from_raw(status), Some(kib / 1024.0)))
+}
+
+#[cfg(not(unix))]
+fn wait_with_peak(mut child: std::process::Child) -> Result<(std::process::ExitStatus, Option<f64>)> {
+    Ok((child.wait()?, None))
+}
+
+/// A network row: the PyTorch twin, then burn on each backend, each in its
+/// own process reporting one JSON line.
+fn network_row(
+    repo: &Path,
+    args: &BenchArgs,
+    binaries: &Binaries,
+    threads: usize,
+    row: Row,
+    mode: &str,
+    latent: usize,
+) -> Result<Vec<Measurement>> {
+    let counts = [args.repeats.to_string(), latent.to_string()];
+    let mut sides = vec![("pytorch".to_string(), {
+        let mut command = python(args, repo, "unet_step.py", threads);
+        command.arg(mode).args(&counts);
+        command
+    })];
+    for backend in &args.backends {
+        let mut command = with_threads(Command::new(&binaries.unet_step), threads);
+        command.args([backend.as_str(), mode]).args(&counts);
+        sides.push((format!("burn-{backend}"), command));
+    }
+    let mut measurements = Vec::new();
+    for (side, command) in sides {
+        eprintln!("{}: {side}…", row.name());
+        let finished = finish(command, &format!("{} on {side}", row.name()))?;
+        let line = finished.stdout.lines().rev().find(|l| l.starts_with('{')).context("no JSON line in the output")?;
+        let report: Value = serde_json::from_str(line).with_context(|| format!("parsing {line}"))?;
+        let mut seconds: Vec<f64> = report["all_seconds"]
+            .as_array()
+            .context("no all_seconds in the report")?
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
+        seconds.sort_by(f64::total_cmp);
+        ensure!(!seconds.is_empty(), "no timings in {line}");
+        measurements.push(Measurement { row, side, seconds, peak_mib: report["peak_rss_mib"].as_f64() });
+    }
+    Ok(measurements)
+}
+
+/// A whole-process row: one warm-up run, then the timed repeats, per side.
+fn process_row(
+    repo: &Path,
+    args: &BenchArgs,
+    binaries: &Binaries,
+    threads: usize,
+    row: Row,
+    weights: &Path,
+) -> Result<Vec<Measurement>> {
+    let image = repo.join("tests/fixtures/images/photo.jpg");
+    let out = tempfile::Builder::new().prefix("burn-stylecode-bench-out-").tempdir()?;
+    let prompt = "a lighthouse on a cliff at dusk, oil painting";
+    let steps = args.steps.to_string();
+    let command = |side: &str| -> Command {
+        match (row, side) {
+            (Row::Encode, "pytorch") => {
+                let mut command = python(args, repo, "encode.py", threads);
+                command.arg(weights).arg(&image);
+                command
+            }
+            (Row::Encode, _) => {
+                let mut command = with_threads(Command::new(&binaries.stylecode), threads);
+                command.args(["encode", "--format", "official", "--weights"]).arg(weights).arg(&image);
+                command
+            }
+            (_, "pytorch") => {
+                let mut command = python(args, repo, "generate.py", threads);
+                command.arg(weights).args([prompt, &steps]).arg(out.path().join("pytorch.png"));
+                command
+            }
+            _ => {
+                let mut command = with_threads(Command::new(&binaries.stylecode), threads);
+                command
+                    .args(["generate", "--prompt", prompt, "--steps", &steps, "--seed", "1", "--weights"])
+                    .arg(weights)
+                    .arg("--out")
+                    .arg(out.path().join("burn.png"));
+                command
+            }
+        }
+    };
+    let mut measurements = Vec::new();
+    let mut outputs = Vec::new();
+    for side in ["pytorch", "burn-cpu"] {
+        let what = format!("{} on {side}", row.name());
+        eprintln!("{what}…");
+        let warm = finish(command(side), &what)?;
+        outputs.push(warm.stdout.trim().to_string());
+        let mut runs = Vec::new();
+        for _ in 0..args.repeats {
+            runs.push(finish(command(side), &what)?);
+        }
+        let mut seconds: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
+        seconds.sort_by(f64::total_cmp);
+        let peak_mib = runs.iter().filter_map(|r| r.peak_mib).reduce(f64::max);
+        measurements.push(Measurement { row, side: side.to_string(), seconds, peak_mib });
+    }
+    if row == Row::Encode {
+        let verdict = if outputs[0] == outputs[1] { "equal" } else { "DIFFERENT" };
+        eprintln!("encode: codes {verdict}: PyTorch {}, burn {}", outputs[0], outputs[1]);
+    }
+    Ok(measurements)
+}
+
+/// Random full-size weights for the process rows, by `benches/make_weights.py`.
+fn make_weights(repo: &Path, args: &BenchArgs, threads: usize, parts: &[&str]) -> Result<tempfile::TempDir> {
+    let dir = match &args.dir {
         Some(dir) => tempfile::Builder::new().prefix("burn-stylecode-bench-").tempdir_in(dir)?,
         None => tempfile::Builder::new().prefix("burn-stylecode-bench-").tempdir()?,
     };
-    let root = base.path().to_path_buf();
-    let configs = Sd15Configs::standard();
-    let config_error = |what: &str, e: String| anyhow::anyhow!("the built-in SD1.5 {what}: {e}");
-    let unet = UNetConfig::from_json(&configs.unet).map_err(|e| config_error("unet/config.json", e))?;
-    let vae = VaeConfig::from_json(&configs.vae).map_err(|e| config_error("vae/config.json", e))?;
-    let clip =
-        ClipTextConfig::from_json(&configs.text_encoder).map_err(|e| config_error("text_encoder/config.json", e))?;
-    let tensors: Vec<(String, Vec<usize>)> = expected::ldm_single_file(&unet, &vae, &clip)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .into_iter()
-        .map(|t| (t.ldm, t.shape))
-        .collect();
+    eprintln!("making random full-size weights for {} in {}…", parts.join(" and "), dir.path().display());
+    let mut command = python(args, repo, "make_weights.py", threads);
+    command.arg(dir.path().join("weights")).args(parts);
+    let made = finish(command, "make_weights.py")?;
+    eprintln!("  made in {:.0} s", made.seconds);
+    Ok(dir)
+}
 
-    // A stand-in tokenizer: the import copies it; the start-up load builds it.
-    let tokenizer = root.join("tokenizer");
-    std::fs::create_dir_all(&tokenizer)?;
-    std::fs::write(tokenizer.join("vocab.json"), "{\"a</w>\": 0, \"<|startoftext|>\": 1, \"<|endoftext|>\": 2}\n")?;
-    std::fs::write(tokenizer.join("merges.txt"), "#version: 0.2\n")?;
-    let configs = configs.with_tokenizer(&tokenizer);
-
-    let checkpoint = root.join("sd15-random-ldm.safetensors");
-    let start = Instant::now();
-    let size = write_random_checkpoint(&checkpoint, &tensors).context("writing the random checkpoint")?;
-    let generate = seconds(start);
+fn print_table(results: &[Measurement], threads: usize) {
+    println!("\n{threads} threads a side; seconds per run: median (min) of the timed repeats; ratio = burn / PyTorch");
     println!(
-        "random SD1.5 single file: {} tensors, {:.2} GB (f16), written in {generate:.1} s",
-        tensors.len(),
-        size as f64 / 1e9
+        "{:<20} {:<10} {:>9} {:>9} {:>7} {:>9} {:>9}",
+        "work", "side", "median s", "min s", "ratio", "peak MiB", "mem ratio"
     );
-
-    let out = root.join("weights");
-    let options = ImportOptions::new(args.dtype);
-    let start = Instant::now();
-    let report = sd15_from_single_file(&checkpoint, &out, &configs, &options)?;
-    let import = seconds(start);
-    let written: u64 = report.manifest.files.iter().map(|f| f.bytes).sum();
-    println!(
-        "import ({} out): {import:.1} s for {:.2} GB in, {:.2} GB out \
-         ({:.0} MB/s of input; includes sha256 of the source and of every output)",
-        args.dtype.name(),
-        size as f64 / 1e9,
-        written as f64 / 1e9,
-        size as f64 / 1e6 / import
-    );
-
-    let start = Instant::now();
-    let again = sd15_from_single_file(&checkpoint, &out, &configs, &options)?;
-    anyhow::ensure!(again.skipped, "the rerun should have skipped");
-    println!("rerun (complete and verified, skipped): {:.1} s", seconds(start));
-
-    let files = [
-        "unet/diffusion_pytorch_model.safetensors",
-        "vae/diffusion_pytorch_model.safetensors",
-        "text_encoder/model.safetensors",
-    ];
-    let start = Instant::now();
-    let mut count = 0;
-    let mut opened = Vec::new();
-    for rel in files {
-        let file = TensorFile::open(report.dir.join(rel))?;
-        count += file.keys().filter(|k| file.shape(k).is_some()).count();
-        opened.push(file);
-    }
-    let open = seconds(start);
-    println!("start-up: mmap + header of the 3 files, {count} tensor headers: {:.1} ms", open * 1e3);
-
-    let start = Instant::now();
-    let mut values = 0usize;
-    for file in &opened {
-        for key in file.keys() {
-            values += file.read_f32(key)?.len();
-        }
-    }
-    let read = seconds(start);
-    println!("start-up: every tensor read to f32 through the mmap ({:.2} G values): {read:.2} s", values as f64 / 1e9);
-
-    // Start-up as `stylecode generate` does it, through the real loaders.
-    // A weight stored in the dtype asked for is borrowed from the memory map;
-    // its pages are then mapped in on first use (warm page cache: minor faults).
-    // The first UNet step after the load (a small 8×8 latent) pays for
-    // that; the second step shows what the step itself costs.
-    let device = Default::default();
-    for (name, dtype) in [("f32", DType::F32), ("f16", DType::F16)] {
-        let mut times = Vec::new();
-        let mut steps = Vec::new();
-        for _ in 0..args.repeats {
-            let start = Instant::now();
-            let model = StableDiffusion::<Flex>::load(&report.dir, dtype, &device)?;
-            times.push(seconds(start));
-            let step = || {
-                let start = Instant::now();
-                let sample = Tensor::<Flex, 4>::zeros([1, 4, 8, 8], (&device, dtype));
-                let context = Tensor::<Flex, 3>::zeros([1, 77, 768], (&device, dtype));
-                let timestep = Tensor::<Flex, 1>::from_data(TensorData::new(vec![500f32], [1]), (&device, dtype));
-                model.unet.forward(sample, timestep, context).into_data();
-                seconds(start)
-            };
-            steps.push((step(), step()));
-            drop(model);
-        }
-        times.sort_by(f64::total_cmp);
+    for m in results {
+        let torch = results.iter().find(|t| t.row == m.row && t.side == "pytorch");
+        let ratio = torch.map_or(String::from("-"), |t| format!("{:.2}", m.median() / t.median()));
+        let mem = |p: Option<f64>| p.map_or(String::from("-"), |p| format!("{p:.0}"));
+        let mem_ratio = match (m.peak_mib, torch.and_then(|t| t.peak_mib)) {
+            (Some(a), Some(b)) => format!("{:.2}", a / b),
+            _ => String::from("-"),
+        };
         println!(
-            "start-up: StableDiffusion::load on burn-flex as {name} from {} files (tokenizer, CLIP, UNet, VAE): \
-             median {:.3} s, best {:.3} s of {}",
-            args.dtype.name(),
-            times[times.len() / 2],
-            times[0],
-            times.len()
+            "{:<20} {:<10} {:>9.3} {:>9.3} {:>7} {:>9} {:>9}",
+            m.row.name(),
+            m.side,
+            m.median(),
+            m.seconds[0],
+            ratio,
+            mem(m.peak_mib),
+            mem_ratio
         );
-        let first: Vec<String> = steps.iter().map(|(first, second)| format!("{first:.2}/{second:.2}")).collect();
-        println!("  then a UNet step at 8×8, first/second after each load: {} s", first.join(", "));
     }
-
-    if args.keep {
-        println!("kept: {}", base.keep().display());
+    // The 8² step against the 64² one: how the step's cost follows its FLOPs (1/64).
+    for side in results.iter().filter(|m| m.row == Row::UnetPlain8).map(|m| &m.side) {
+        let of = |row| results.iter().find(|m| m.row == row && &m.side == side).map(Measurement::median);
+        if let (Some(small), Some(large)) = (of(Row::UnetPlain8), of(Row::UnetPlain)) {
+            println!("{side}: the 8² step is {:.1}% of the 64² step", 100.0 * small / large);
+        }
     }
-    Ok(())
 }

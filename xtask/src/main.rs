@@ -1,6 +1,7 @@
 //! `cargo xtask …`: project chores that are not part of the library or CLI.
 
 mod bench;
+mod bench_import;
 mod hub;
 mod import_weights;
 
@@ -25,9 +26,12 @@ enum Task {
     /// Bring the real checkpoints (StyleCodes, SigLIP, SD1.5) into the weights
     /// folder, verified, from local files or the HuggingFace hub.
     ImportWeights(import_weights::ImportArgs),
+    /// burn-stylecode beside PyTorch on this machine: the UNet step (plain,
+    /// styled, 8²), the VAE decode, a whole encode and a whole 20-step generate.
+    Bench(bench::BenchArgs),
     /// Time importing a random full-size SD1.5 single file (~2 GB, made in a
     /// temporary folder and deleted), and opening the imported weights.
-    BenchImport(bench::BenchArgs),
+    BenchImport(bench_import::BenchImportArgs),
 }
 
 fn main() {
@@ -50,6 +54,7 @@ fn run(task: Task) -> Result<()> {
             Ok(())
         }
         Task::ImportWeights(args) => import_weights::run(&args, &hub::HubEnv::from_env(args.offline)),
-        Task::BenchImport(args) => bench::run(&args),
+        Task::Bench(args) => bench::run(&args),
+        Task::BenchImport(args) => bench_import::run(&args),
     }
 }

@@ -15,6 +15,17 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     }
 }
 
+/// GELU's tanh approximation (`gelu_pytorch_tanh`), on this crate's kernel
+/// for burn-flex in f32 ([`super::cpu::gelu`]), burn's composition elsewhere.
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if super::cpu::runs_here(&x) {
+        let dims = x.dims();
+        let x = super::cpu::to_flex(x);
+        return super::cpu::from_values(super::cpu::gelu::gelu_tanh(super::cpu::values(&x)), dims);
+    }
+    activation::gelu_approximate(x)
+}
+
 /// GEGLU's activation: `value · gelu(gate)` of the two halves of the last
 /// dimension, on this crate's kernel for burn-flex in f32
 /// ([`super::cpu::geglu`], the same arithmetic in one pass).
@@ -64,6 +75,19 @@ mod tests {
         let gate = halves.pop().unwrap();
         let expected = halves.pop().unwrap() * gelu(gate);
         geglu(x).into_data().assert_eq(&expected.into_data(), true);
+    }
+
+    /// The kernel gives burn's composition, over a strided view and an odd length.
+    #[test]
+    fn gelu_tanh_kernel_is_burns_composition() {
+        let x =
+            Tensor::<Flex, 3>::random([3, 7, 11], burn::tensor::Distribution::Normal(0.0, 3.0), &Default::default());
+        let x = x.swap_dims(1, 2);
+        let expected = activation::gelu_approximate(x.clone());
+        let got = gelu_tanh(x);
+        assert_eq!(got.dims(), [3, 11, 7]);
+        let worst = crate::nn::testing::max_abs_difference(got, expected);
+        assert!(worst < 2e-6, "max difference {worst}");
     }
 
     /// Abramowitz–Stegun 7.1.26 is not exact enough; this series is (|x| ≤ 3).

@@ -9,7 +9,7 @@ pub mod layout;
 pub mod linear;
 pub mod norm;
 
-pub use activation::{geglu, gelu};
+pub use activation::{geglu, gelu, gelu_tanh};
 pub use conv::conv2d;
 pub use dtype::in_dtype;
 pub use layout::{image_to_tokens, swap_dims_1_2, tokens_to_image};

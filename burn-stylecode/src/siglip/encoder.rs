@@ -2,7 +2,6 @@ use crate::nn::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
 use crate::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::activation::gelu_approximate;
 
 #[derive(Config, Debug)]
 pub struct SiglipEncoderLayerConfig {
@@ -57,6 +56,6 @@ impl<B: Backend> SiglipMlp<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        self.fc2.forward(gelu_approximate(self.fc1.forward(x)))
+        self.fc2.forward(crate::nn::gelu_tanh(self.fc1.forward(x)))
     }
 }

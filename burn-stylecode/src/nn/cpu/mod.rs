@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod conv;
 pub mod geglu;
+pub mod gelu;
 pub mod group_norm;
 pub mod layout;
 mod simd;

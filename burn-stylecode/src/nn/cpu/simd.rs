@@ -1,4 +1,5 @@
-//! Softmax numerators in SIMD: `exp(x − max)` of each row, and the row's sum.
+//! Elementwise maths in SIMD: softmax numerators (`exp(x − max)` of each
+//! row, and the row's sum), SiLU and the tanh GELU.
 //!
 //! Written as plain arithmetic over fixed-width lanes, which the compiler
 //! vectorises; compiled three times (SSE2, AVX2 + FMA, AVX-512) and chosen
@@ -69,6 +70,49 @@ fn silu_portable(values: &mut [f32], fma: bool) {
     for x in values.iter_mut() {
         let e = exp_non_positive(-x.abs(), fma);
         let sigmoid = if *x >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+        *x *= sigmoid;
+    }
+}
+
+/// GELU's tanh approximation in place, `0.5·x·(1 + tanh(u))` with
+/// u = √(2/π)·(x + 0.044715·x³), written as `x·sigmoid(2u)` (the same
+/// function) so that the negative tail keeps its relative precision.
+pub(super) fn gelu_tanh_in_place(values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { gelu_tanh_avx512(values) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { gelu_tanh_avx2(values) };
+        }
+    }
+    gelu_tanh_portable(values, false)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gelu_tanh_avx512(values: &mut [f32]) {
+    gelu_tanh_portable(values, true)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_tanh_avx2(values: &mut [f32]) {
+    gelu_tanh_portable(values, true)
+}
+
+#[inline(always)]
+fn gelu_tanh_portable(values: &mut [f32], fma: bool) {
+    // 2·√(2/π), and the cubic's coefficient.
+    const TWO_K: f32 = 1.595_769;
+    const CUBIC: f32 = 0.044_715;
+    for x in values.iter_mut() {
+        let two_u = TWO_K * (*x + CUBIC * *x * *x * *x);
+        let e = exp_non_positive(-two_u.abs(), fma);
+        let sigmoid = if two_u >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
         *x *= sigmoid;
     }
 }
@@ -181,6 +225,32 @@ mod tests {
         }
         let mut nan = [f32::NAN];
         silu_in_place(&mut nan);
+        assert!(nan[0].is_nan());
+    }
+
+    #[test]
+    fn gelu_tanh_matches_its_definition() {
+        let mut values: Vec<f32> = (-400..=400).map(|i| i as f32 / 20.0).collect();
+        let expected: Vec<f64> = values
+            .iter()
+            .map(|&x| {
+                let x = f64::from(x);
+                let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+                0.5 * x * (1.0 + u.tanh())
+            })
+            .collect();
+        let mut portable = values.clone();
+        gelu_tanh_portable(&mut portable, false);
+        gelu_tanh_in_place(&mut values);
+        for got in [&portable, &values] {
+            for (got, want) in got.iter().zip(&expected) {
+                // In the negative tail, u's own f32 rounding moves exp(2u) by ~1e-6.
+                let scale = want.abs().max(1e-3);
+                assert!((f64::from(*got) - want).abs() <= 3e-6 * scale, "{got} against {want}");
+            }
+        }
+        let mut nan = [f32::NAN];
+        gelu_tanh_in_place(&mut nan);
         assert!(nan[0].is_nan());
     }
 
