@@ -39,6 +39,12 @@ impl LinearConfig {
 /// starts above 64 rows).
 const MIN_GEMM_ROWS: usize = 128;
 
+/// Rows per sample up to which burn-flex in f32 multiplies on
+/// [`crate::nn::cpu::skinny`] (one pass over the weight) instead of gemm:
+/// the tokens and pixels of a UNet's deep levels on small latents, the
+/// time embedding.
+const MAX_SKINNY_ROWS_PER_SAMPLE: usize = 16;
+
 /// `y = x Wᵀ + b` over the last axis, with `W` stored `[out, in]`.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
@@ -52,14 +58,33 @@ impl<B: Backend> Linear<B> {
         let mut dims = x.dims();
         let d_input = dims[D - 1];
         let rows = x.shape().num_elements() / d_input.max(1);
+        // Rows per sample (the first axis is the batch): the kernel is chosen
+        // by them, not by the batch, so a sample's result is the same in any batch.
+        let rows_per_sample = dims.get(1..D.saturating_sub(1)).map_or(1, |axes| axes.iter().product::<usize>());
         let x = x.reshape([rows, d_input]);
-        let y = if crate::nn::cpu::is_flex::<B>() && rows < MIN_GEMM_ROWS {
+        let weight = self.weight.val();
+        let y = if crate::nn::cpu::runs_here(&x)
+            && crate::nn::cpu::runs_here(&weight)
+            && rows_per_sample <= MAX_SKINNY_ROWS_PER_SAMPLE
+            && crate::nn::cpu::skinny::pays()
+        {
+            let [d_output, _] = weight.dims();
+            let (x, weight) = (crate::nn::cpu::to_flex(x), crate::nn::cpu::to_flex(weight));
+            let values = crate::nn::cpu::skinny::rows_times_transposed(
+                crate::nn::cpu::values(&x),
+                rows,
+                crate::nn::cpu::values(&weight),
+                d_output,
+                d_input,
+            );
+            crate::nn::cpu::from_values(values, [rows, d_output])
+        } else if crate::nn::cpu::is_flex::<B>() && rows < MIN_GEMM_ROWS {
             // gemm takes other paths (gemv; another k-blocking) for ≤ 64
             // rows: padded, every row sums in the same order in any batch.
             let padding = Tensor::zeros([MIN_GEMM_ROWS - rows, d_input], (&x.device(), x.dtype()));
-            Tensor::cat(vec![x, padding], 0).matmul(self.weight.val().transpose()).narrow(0, 0, rows)
+            Tensor::cat(vec![x, padding], 0).matmul(weight.transpose()).narrow(0, 0, rows)
         } else {
-            x.matmul(self.weight.val().transpose())
+            x.matmul(weight.transpose())
         };
         let y = match &self.bias {
             Some(bias) => y + bias.val().unsqueeze::<2>(),
@@ -81,7 +106,9 @@ mod tests {
     #[test]
     fn rows_give_the_same_values_in_any_batch() {
         let device = Default::default();
-        for (rows, d_in, d_out) in [(1, 32, 128), (1, 320, 1280), (1, 1280, 1280), (24, 32, 32), (70, 600, 64)] {
+        for (rows, d_in, d_out) in
+            [(1, 32, 128), (1, 320, 1280), (4, 1280, 1280), (16, 640, 96), (24, 32, 32), (70, 600, 64)]
+        {
             let linear = LinearConfig::new(d_in, d_out).init::<Flex>(&device);
             let x = Tensor::<Flex, 3>::random([4, rows, d_in], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
             let alone = linear.forward(x.clone().narrow(0, 1, 1)).into_data();
@@ -90,6 +117,28 @@ mod tests {
                 within.assert_eq(&alone, true);
             }
         }
+    }
+
+    /// Both kernels (few rows per sample, and gemm) give the plain matmul.
+    #[test]
+    fn gives_the_matmul_on_every_path() {
+        let device = Default::default();
+        for (batch, rows, d_in, d_out) in
+            [(1, 1, 33, 70), (2, 4, 1280, 96), (3, 16, 47, 5), (2, 17, 40, 24), (1, 130, 16, 8)]
+        {
+            let linear = LinearConfig::new(d_in, d_out).init::<Flex>(&device);
+            let x =
+                Tensor::<Flex, 3>::random([batch, rows, d_in], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+            let expected = x.clone().matmul(linear.weight.val().transpose().unsqueeze::<3>())
+                + linear.bias.as_ref().unwrap().val().unsqueeze::<3>();
+            let worst = crate::nn::testing::max_abs_difference(linear.forward(x), expected);
+            assert!(worst < 1e-5, "{batch}×{rows}×{d_in} → {d_out}: max error {worst}");
+        }
+        let linear = LinearConfig::new(9, 4).init::<Flex>(&device);
+        let x = Tensor::<Flex, 2>::random([5, 9], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let expected =
+            x.clone().matmul(linear.weight.val().transpose()) + linear.bias.as_ref().unwrap().val().unsqueeze();
+        assert!(crate::nn::testing::max_abs_difference(linear.forward(x), expected) < 1e-5, "2-D input");
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! is already the gemm's left matrix: the columns are gathered in the
 //! same (c_in, dy, dx) order, the output lands in NCHW, and the bias is the
 //! gemm's initial value. 1×1 convolutions read the input in place. 3×3
-//! stride-1 convolutions over large images go to [`super::winograd`].
+//! stride-1 convolutions over large images go to [`super::winograd`], and
+//! outputs of a few pixels per image to [`super::skinny`] (one pass over
+//! the weight for the whole batch).
 
 use super::SharedMut;
 use gemm::{gemm, Parallelism};
@@ -16,6 +18,11 @@ use rayon::prelude::*;
 /// Column-matrix elements per block (16 MiB in f32): bounds the extra
 /// memory while keeping each gemm large.
 const MAX_COLUMN_ELEMENTS: usize = 1 << 22;
+
+/// Output pixels per image up to which the convolution is a few patch rows
+/// times the weight ([`super::skinny`]). The choice depends on the image,
+/// not the batch, so each image's result is the same in any batch.
+const MAX_SKINNY_PIXELS: usize = 16;
 
 /// Shapes of one convolution (groups 1, dilation 1).
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +65,9 @@ pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: ConvShape)
         return super::winograd::conv3x3(x, weight, bias, shape);
     }
     let pixels = out_h * out_w;
+    if pixels <= MAX_SKINNY_PIXELS && depth > 0 && super::skinny::pays() {
+        return few_pixels(x, weight, bias, shape);
+    }
     let mut out = vec![0f32; batch * out_channels * pixels];
     if out.is_empty() {
         return out;
@@ -92,6 +102,41 @@ pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: ConvShape)
                 block,
                 bias.is_some(),
             );
+        }
+    }
+    out
+}
+
+/// The convolution as each output pixel's patch [B·OH·OW, depth] times the
+/// weight [C_out, depth]ᵀ.
+fn few_pixels(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: ConvShape) -> Vec<f32> {
+    let ConvShape { batch, in_channels, height, width, out_channels, kernel: [kh, kw], stride: [sy, sx], .. } = shape;
+    let [top, left, ..] = shape.padding;
+    let [out_h, out_w] = shape.output_size();
+    let (pixels, depth) = (out_h * out_w, in_channels * kh * kw);
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), out_channels, "the bias is not [{out_channels}]");
+    }
+    let mut patches = vec![0f32; batch * pixels * depth];
+    patches.par_chunks_mut(depth).enumerate().for_each(|(row, patch)| {
+        let (b, oy, ox) = (row / pixels, row % pixels / out_w, row % out_w);
+        let image = &x[b * in_channels * height * width..][..in_channels * height * width];
+        for (tap, value) in patch.iter_mut().enumerate() {
+            let (channel, dy, dx) = (tap / (kh * kw), tap / kw % kh, tap % kw);
+            let (iy, ix) = ((oy * sy + dy).wrapping_sub(top), (ox * sx + dx).wrapping_sub(left));
+            if iy < height && ix < width {
+                *value = image[(channel * height + iy) * width + ix];
+            }
+        }
+    });
+    let products = super::skinny::rows_times_transposed(&patches, batch * pixels, weight, out_channels, depth);
+    let mut out = vec![0f32; batch * out_channels * pixels];
+    for (b, image) in out.chunks_exact_mut(out_channels * pixels).enumerate() {
+        for (o, plane) in image.chunks_exact_mut(pixels).enumerate() {
+            let start = bias.map_or(0.0, |bias| bias[o]);
+            for (p, value) in plane.iter_mut().enumerate() {
+                *value = start + products[(b * pixels + p) * out_channels + o];
+            }
         }
     }
     out
@@ -230,6 +275,11 @@ pub(super) mod tests {
             (shape(2, 6, 5, 3, 7, 1, 1, [0; 4]), true), // 1×1 (in place)
             (shape(1, 2, 4, 4, 3, 2, 1, [0; 4]), false), // an even kernel, no padding
             (shape(1, 1, 1, 1, 2, 3, 1, [1; 4]), true), // a 1×1 image (the mid block at 8² px)
+            // Over 16 output pixels (the rows above have at most 16: `few_pixels`), im2col + gemm:
+            (shape(2, 5, 12, 10, 3, 3, 2, [0, 0, 1, 1]), true), // the VAE's downsampler
+            (shape(2, 4, 12, 9, 6, 3, 2, [1; 4]), false),       // the UNet's downsampler
+            (shape(2, 6, 6, 5, 7, 1, 1, [0; 4]), true),         // 1×1 (in place)
+            (shape(1, 2, 6, 6, 3, 2, 1, [0; 4]), false),        // an even kernel, no padding
         ] {
             let [out_h, out_w] = shape.output_size();
             let x = values(shape.batch * shape.in_channels * shape.height * shape.width, 1);

@@ -13,6 +13,7 @@ pub mod gelu;
 pub mod group_norm;
 pub mod layout;
 mod simd;
+pub mod skinny;
 pub mod winograd;
 
 use burn::backend::Flex;
@@ -119,8 +120,11 @@ mod tests {
 
     #[test]
     fn conv_is_batch_invariant() {
-        // im2col (3×3 on a small image), Winograd (3×3 on a large one), in place (1×1).
-        for (k, padding, height, width) in [(3, [1; 4], 12, 10), (3, [1; 4], 33, 32), (1, [0; 4], 12, 10)] {
+        // im2col (3×3 on a small image), Winograd (3×3 on a large one), in
+        // place (1×1), few pixels (3×3 and 1×1 on 4×3: `skinny`).
+        let cases =
+            [(3, [1; 4], 12, 10), (3, [1; 4], 33, 32), (1, [0; 4], 12, 10), (3, [1; 4], 4, 3), (1, [0; 4], 4, 3)];
+        for (k, padding, height, width) in cases {
             let shape = |batch| conv::ConvShape {
                 batch,
                 in_channels: 64,

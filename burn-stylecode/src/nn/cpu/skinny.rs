@@ -1,0 +1,223 @@
+//! A few rows times a large transposed weight, `y = x Wᵀ`, reading the
+//! weight once.
+//!
+//! A UNet step on a small latent multiplies a handful of rows (the tokens
+//! or pixels of the 1280-wide levels: 1–16 per sample) by weights of up to
+//! 1280 × 11520. gemm packs the whole weight for them (read, write, read
+//! again) and the linear's padding to 128 rows multiplies zeros: the step
+//! then costs the weights' memory traffic several times over. Here each
+//! output is a dot product of two contiguous rows, so the weight streams
+//! through once, in parallel over blocks of its rows.
+//!
+//! Every output sums in one fixed order (16 lanes over k, a fixed lane
+//! reduction, then the k remainder) whatever the number of rows and their
+//! place in the blocks, so a row's result does not depend on its batch.
+
+use rayon::prelude::*;
+
+/// Lanes of the k-loop (one AVX-512 register, two AVX2 ones).
+const LANES: usize = 16;
+/// Rows of `x` and of `W` per register block: 4 × 4 accumulators of 16 lanes.
+const BLOCK: usize = 4;
+/// Values of k per pass (2 KiB of each row): a task's weight rows and x
+/// stay in L2 across the pass.
+const DEPTH_BLOCK: usize = 512;
+/// Weight rows per task.
+const TASK_ROWS: usize = 32;
+
+/// `x` [rows, k] · `weight` [n, k]ᵀ → [rows, n], row-major f32.
+pub fn rows_times_transposed(x: &[f32], rows: usize, weight: &[f32], n: usize, k: usize) -> Vec<f32> {
+    assert_eq!(x.len(), rows * k, "x is not [{rows}, {k}]");
+    assert_eq!(weight.len(), n * k, "the weight is not [{n}, {k}]");
+    // Computed as [n, rows] (each task owns whole weight rows), then transposed.
+    let mut by_weight_row = vec![0f32; n * rows];
+    if rows == 0 || n == 0 {
+        return by_weight_row;
+    }
+    by_weight_row.par_chunks_mut(TASK_ROWS * rows).enumerate().for_each(|(task, out)| {
+        let first = task * TASK_ROWS;
+        let count = out.len() / rows;
+        dots(&weight[first * k..(first + count) * k], x, k, rows, out);
+    });
+    let mut out = vec![0f32; rows * n];
+    for (o, column) in by_weight_row.chunks_exact(rows).enumerate() {
+        for (j, &value) in column.iter().enumerate() {
+            out[j * n + o] = value;
+        }
+    }
+    out
+}
+
+/// Whether this CPU runs the kernel at memory speed (AVX-512); elsewhere
+/// the callers keep gemm, and [`rows_times_transposed`] runs a plain loop
+/// with the same summation order (for the tests).
+pub fn pays() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[o·rows + j] = w_o · x_j` for the weight rows of `weight`.
+fn dots(weight: &[f32], x: &[f32], k: usize, rows: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { dots_avx512(weight, x, k, rows, out) };
+        }
+    }
+    for (o, out) in out.chunks_exact_mut(rows).enumerate() {
+        for (j, out) in out.iter_mut().enumerate() {
+            *out = dot_portable(&weight[o * k..][..k], &x[j * k..][..k]);
+        }
+    }
+}
+
+/// Blocks of 4 weight rows × 4 x rows × [`DEPTH_BLOCK`] of k, with each
+/// output's 16 lane sums kept between the depth blocks (so that the task's
+/// slice of the weight and all of x stay in L2): the same order as
+/// [`dot_portable`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dots_avx512(weight: &[f32], x: &[f32], k: usize, rows: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let weight_rows = weight.len() / k;
+    let whole = k / LANES * LANES;
+    let mut lanes = vec![0f32; weight_rows * rows * LANES];
+    for k0 in (0..whole).step_by(DEPTH_BLOCK) {
+        let k1 = (k0 + DEPTH_BLOCK).min(whole);
+        for o0 in (0..weight_rows).step_by(BLOCK) {
+            // Rows past the end repeat the last one: they compute and store
+            // the same values again, so every output takes this path.
+            let o: [usize; BLOCK] = std::array::from_fn(|i| (o0 + i).min(weight_rows - 1));
+            for j0 in (0..rows).step_by(BLOCK) {
+                let j: [usize; BLOCK] = std::array::from_fn(|i| (j0 + i).min(rows - 1));
+                let slot = |a: usize, b: usize| (o[a] * rows + j[b]) * LANES;
+                // SAFETY (all loads and stores): every slot holds 16 lanes;
+                // rows hold k ≥ k1 values.
+                let mut acc: [[__m512; BLOCK]; BLOCK] = std::array::from_fn(|a| {
+                    std::array::from_fn(|b| unsafe { _mm512_loadu_ps(lanes.as_ptr().add(slot(a, b))) })
+                });
+                let (wp, xp) = (weight.as_ptr(), x.as_ptr());
+                let mut c = k0;
+                while c < k1 {
+                    let wv: [__m512; BLOCK] = std::array::from_fn(|a| unsafe { _mm512_loadu_ps(wp.add(o[a] * k + c)) });
+                    let xv: [__m512; BLOCK] = std::array::from_fn(|b| unsafe { _mm512_loadu_ps(xp.add(j[b] * k + c)) });
+                    for (acc, &w) in acc.iter_mut().zip(&wv) {
+                        for (acc, &x) in acc.iter_mut().zip(&xv) {
+                            *acc = _mm512_fmadd_ps(w, x, *acc);
+                        }
+                    }
+                    c += LANES;
+                }
+                for (a, acc) in acc.iter().enumerate() {
+                    for (b, &acc) in acc.iter().enumerate() {
+                        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(slot(a, b)), acc) };
+                    }
+                }
+            }
+        }
+    }
+    for (slot, out) in out.iter_mut().enumerate() {
+        let (o, j) = (slot / rows, slot % rows);
+        let lanes: &[f32; LANES] = lanes[slot * LANES..][..LANES].try_into().expect("16 lanes");
+        let mut sum = reduce(lanes);
+        for c in whole..k {
+            sum = weight[o * k + c].mul_add(x[j * k + c], sum);
+        }
+        *out = sum;
+    }
+}
+
+/// Lane `l` sums k ≡ l (mod 16) in order with fused multiply-adds, the
+/// lanes sum as a fixed tree, then the remainder of k follows in order.
+fn dot_portable(w: &[f32], x: &[f32]) -> f32 {
+    let whole = w.len() / LANES * LANES;
+    let mut lanes = [0f32; LANES];
+    for c in (0..whole).step_by(LANES) {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane = w[c + l].mul_add(x[c + l], *lane);
+        }
+    }
+    let mut sum = reduce(&lanes);
+    for c in whole..w.len() {
+        sum = w[c].mul_add(x[c], sum);
+    }
+    sum
+}
+
+/// The lanes' sum as a fixed pairwise tree.
+#[inline(always)]
+fn reduce(lanes: &[f32; LANES]) -> f32 {
+    let mut v = *lanes;
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            v[l] += v[l + width];
+        }
+        width /= 2;
+    }
+    v[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::cpu::test_values;
+
+    fn naive(x: &[f32], rows: usize, weight: &[f32], n: usize, k: usize) -> Vec<f64> {
+        let mut out = vec![0f64; rows * n];
+        for j in 0..rows {
+            for o in 0..n {
+                out[j * n + o] = (0..k).map(|c| f64::from(x[j * k + c]) * f64::from(weight[o * k + c])).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_direct_sum_over_odd_shapes() {
+        // Rows, weight rows and depths off the blocks, the lanes and the tasks.
+        for (rows, n, k) in [(1, 1, 1), (1, 70, 33), (3, 5, 16), (5, 37, 100), (8, 64, 1280), (13, 9, 47)] {
+            let x = test_values(rows * k, 3, 1.0);
+            let weight = test_values(n * k, 5, 0.5);
+            let got = rows_times_transposed(&x, rows, &weight, n, k);
+            let expected = naive(&x, rows, &weight, n, k);
+            let scale = (k as f64).sqrt() * 0.5;
+            for (g, e) in got.iter().zip(&expected) {
+                assert!((f64::from(*g) - e).abs() <= 1e-5 * scale, "{rows}×{k} · {n}×{k}: {g} against {e}");
+            }
+        }
+    }
+
+    /// The dispatched kernel sums in the portable loop's order, bit for bit.
+    #[test]
+    fn every_path_sums_in_one_order() {
+        let (rows, n, k) = (6, 7, 16 * 70 + 7);
+        let x = test_values(rows * k, 13, 1.0);
+        let weight = test_values(n * k, 17, 1.0);
+        let mut out = vec![0f32; n * rows];
+        dots(&weight, &x, k, rows, &mut out);
+        for (slot, &got) in out.iter().enumerate() {
+            let (o, j) = (slot / rows, slot % rows);
+            assert_eq!(got, dot_portable(&weight[o * k..][..k], &x[j * k..][..k]), "output ({j}, {o})");
+        }
+    }
+
+    #[test]
+    fn a_row_gives_the_same_bits_in_any_batch() {
+        let (n, k) = (45, 301);
+        let x = test_values(9 * k, 7, 1.0);
+        let weight = test_values(n * k, 11, 0.5);
+        let alone = rows_times_transposed(&x[2 * k..3 * k], 1, &weight, n, k);
+        for rows in [3, 4, 5, 9] {
+            let batched = rows_times_transposed(&x[..rows * k], rows, &weight, n, k);
+            assert!(batched[2 * n..3 * n] == alone[..], "row 2 of {rows}");
+        }
+    }
+}
