@@ -19,15 +19,7 @@ pub fn write_png(path: &Path, image: &RgbImage, text: &[(String, String)], overw
             std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists (pass --overwrite to replace it)"),
         ));
     }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut temp = tempfile::Builder::new()
-        .prefix(".stylecode-")
-        .suffix(".png.part")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(path, e))?;
+    let mut temp = crate::weights::safetensors::temp_file_beside(path, ".png.part")?;
     {
         let mut encoder = png::Encoder::new(BufWriter::new(temp.as_file_mut()), image.width(), image.height());
         encoder.set_color(png::ColorType::Rgb);
@@ -100,5 +92,20 @@ mod tests {
         assert_eq!(image::open(&path).unwrap().to_rgb8().dimensions(), (1, 1));
         // No temporary files are left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// An image gets the mode of any new file (umask applied), not a
+    /// temporary file's owner-only 0o600.
+    #[cfg(unix)]
+    #[test]
+    fn images_get_a_new_files_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::File::create(&plain).unwrap();
+        let path = dir.path().join("out.png");
+        write_png(&path, &RgbImage::new(2, 2), &[], false).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), mode(&plain), "out.png's mode");
     }
 }

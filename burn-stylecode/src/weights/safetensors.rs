@@ -370,19 +370,26 @@ pub fn write_f32(
     write_atomic(path, &data)
 }
 
-/// Writes `bytes` to `path` through a synced temporary file beside it and a
-/// rename, so a crash or a full disk never leaves a partial file (the
-/// previous one stays intact).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// A temporary file in `path`'s folder, to be renamed onto `path`, with the
+/// mode a new file gets (0o666 less the umask, as `File::create`): tempfile's
+/// default 0o600 would make every output private to its owner.
+pub fn temp_file_beside(path: &Path, suffix: &str) -> Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut temp = tempfile::Builder::new()
-        .prefix(".stylecode-")
-        .suffix(".part")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(path, e))?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".stylecode-").suffix(suffix);
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    builder.tempfile_in(dir).map_err(|e| Error::io(path, e))
+}
+
+/// Writes `bytes` to `path` through a synced temporary file beside it and a
+/// rename, so a crash or a full disk never leaves a partial file (the
+/// previous one stays intact).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut temp = temp_file_beside(path, ".part")?;
     std::io::Write::write_all(temp.as_file_mut(), bytes).map_err(|e| Error::io(path, e))?;
     temp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     temp.persist(path).map_err(|e| Error::io(path, e.error))?;
