@@ -1,7 +1,7 @@
 //! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D`.
 
-use crate::nn::{conv2d, GroupNorm, GroupNormConfig, Linear, LinearConfig};
-use burn::module::Module;
+use crate::nn::{conv2d, in_dtype, GroupNorm, GroupNormConfig, Linear, LinearConfig};
+use burn::module::{Module, Param, ParamId};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -90,15 +90,61 @@ impl<B: Backend> ResnetBlock2D<B> {
     /// `x` [B, in, H, W], `temb` [B, temb_channels] → [B, out, H, W].
     /// `temb` is ignored by a block without a time projection.
     pub fn forward(&self, x: Tensor<B, 4>, temb: Option<&Tensor<B, 2>>) -> Tensor<B, 4> {
-        let mut h = conv2d(&self.conv1, self.norm1.forward_silu(x.clone()));
-        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            h = h + proj.forward(silu(temb.clone())).unsqueeze_dims::<4>(&[2, 3]);
-        }
-        let h = conv2d(&self.conv2, self.dropout.forward(self.norm2.forward_silu(h)));
+        let h = conv2d(&self.conv1, self.norm1.forward_silu(x.clone()));
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv2d(conv, x),
             None => x,
         };
+        self.after_conv1(h, shortcut, temb)
+    }
+
+    /// [`Self::forward`] of `cat([head, 0^zeros], 1)`, given `head` [B, c_h, H, W]
+    /// with `c_h + zeros = in_channels`, without convolving the zeros: the
+    /// style control branch's up sub-blocks see zeros where the base sees
+    /// its skips, about an eighth of the branch's work.
+    ///
+    /// After norm1 and SiLU each zero channel is a constant field (see
+    /// [`GroupNorm::forward_silu_zero_tail`]); conv1 of it is a small
+    /// product spread over the image by [`conv_of_constant_channels`], and
+    /// the shortcut's 1x1 conv of zeros is nothing. Only the summation order
+    /// differs from `forward`.
+    pub(crate) fn forward_zero_tail(
+        &self,
+        head: Tensor<B, 4>,
+        zeros: usize,
+        temb: Option<&Tensor<B, 2>>,
+    ) -> Tensor<B, 4> {
+        let [batch, head_channels, height, width] = head.dims();
+        assert_eq!(
+            head_channels + zeros,
+            self.in_channels,
+            "{head_channels} + {zeros} channels into a resnet of other width"
+        );
+        if zeros == 0 || head_channels == 0 {
+            let options = (&head.device(), head.dtype());
+            let x = Tensor::cat(vec![head, Tensor::zeros([batch, zeros, height, width], options)], 1);
+            return self.forward(x, temb);
+        }
+        let (normed, constants) = self.norm1.forward_silu_zero_tail(head.clone(), zeros);
+        let h = conv2d(&leading_inputs(&self.conv1, head_channels), normed)
+            + conv_of_constant_channels(&self.conv1, constants, head_channels, [height, width]);
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => conv2d(&leading_inputs(conv, head_channels), head),
+            None => {
+                let options = (&head.device(), head.dtype());
+                Tensor::cat(vec![head, Tensor::zeros([batch, zeros, height, width], options)], 1)
+            }
+        };
+        self.after_conv1(h, shortcut, temb)
+    }
+
+    /// The block from conv1's output `h` on, `shortcut` the shortcut's output.
+    fn after_conv1(&self, h: Tensor<B, 4>, shortcut: Tensor<B, 4>, temb: Option<&Tensor<B, 2>>) -> Tensor<B, 4> {
+        let mut h = h;
+        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
+            h = h + proj.forward(silu(temb.clone())).unsqueeze_dims::<4>(&[2, 3]);
+        }
+        let h = conv2d(&self.conv2, self.dropout.forward(self.norm2.forward_silu(h)));
         let out = shortcut + h;
         if self.output_scale_factor == 1.0 {
             out
@@ -106,6 +152,78 @@ impl<B: Backend> ResnetBlock2D<B> {
             out / self.output_scale_factor
         }
     }
+}
+
+/// `conv` restricted to its first `channels` input channels (and its bias).
+/// The weight slice is the one copy, O·channels·k² values, against the
+/// convolution of the other channels it saves.
+fn leading_inputs<B: Backend>(conv: &Conv2d<B>, channels: usize) -> Conv2d<B> {
+    Conv2d {
+        weight: Param::initialized(ParamId::new(), conv.weight.val().narrow(1, 0, channels)),
+        bias: conv.bias.clone(),
+        stride: conv.stride,
+        kernel_size: conv.kernel_size,
+        dilation: conv.dilation,
+        groups: conv.groups,
+        padding: conv.padding.clone(),
+    }
+}
+
+/// `conv`'s input channels from `first` on, each the constant `values[b, c]`
+/// over an image of `[height, width]`, convolved without `conv`'s bias.
+///
+/// Every output pixel sums the taps that fall inside the image (the padding
+/// is zeros): with `A[b, o, t] = Σ_c values[b, c] · W[o, first + c, t]`, the
+/// output at pixel `p` is `Σ_t A[b, o, t] · inside[t, p]`. Two products: one
+/// over the channels, one over the k² taps.
+fn conv_of_constant_channels<B: Backend>(
+    conv: &Conv2d<B>,
+    values: Tensor<B, 2>,
+    first: usize,
+    [height, width]: [usize; 2],
+) -> Tensor<B, 4> {
+    let [top, left, bottom, right] = match conv.padding {
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
+        PaddingConfig2d::Valid => [0; 4],
+        PaddingConfig2d::Same => panic!("the resnet's convolutions have explicit padding"),
+    };
+    assert_eq!(conv.groups, 1, "the resnet's convolutions are not grouped");
+    let [batch, channels] = values.dims();
+    let [out_channels, in_channels, kh, kw] = conv.weight.dims();
+    let taps = kh * kw;
+    let dtype = values.dtype();
+    // [O, C, k²] is a free reshape; its slice [O, channels, k²] a view.
+    let weight =
+        in_dtype(conv.weight.val(), dtype).reshape([out_channels, in_channels, taps]).narrow(1, first, channels);
+    // Per sample and output channel, [1, channels] · [channels, k²]: each
+    // product has the same shape at any batch size, so a sample's values do
+    // not depend on its batch (a product over the batch's rows would).
+    let per_tap = values.reshape([batch, 1, 1, channels]).matmul(weight.unsqueeze::<4>());
+    let per_tap = per_tap.reshape([batch, out_channels, taps]);
+    let out_size = |size: usize, before: usize, after: usize, k: usize, stride: usize, dilation: usize| {
+        (size + before + after - dilation * (k - 1) - 1) / stride + 1
+    };
+    let [stride_y, stride_x] = conv.stride;
+    let [dilation_y, dilation_x] = conv.dilation;
+    let out_h = out_size(height, top, bottom, kh, stride_y, dilation_y);
+    let out_w = out_size(width, left, right, kw, stride_x, dilation_x);
+    // Whether tap `i` of output row `y` reads a row inside the image.
+    let inside = |y: usize, i: usize, stride: usize, dilation: usize, before: usize, size: usize| {
+        (y * stride + i * dilation).checked_sub(before).is_some_and(|row| row < size)
+    };
+    let mut mask = Vec::with_capacity(taps * out_h * out_w);
+    for i in 0..kh {
+        for j in 0..kw {
+            for y in 0..out_h {
+                let row = inside(y, i, stride_y, dilation_y, top, height);
+                mask.extend(
+                    (0..out_w).map(|x| f32::from(u8::from(row && inside(x, j, stride_x, dilation_x, left, width)))),
+                );
+            }
+        }
+    }
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [taps, out_h * out_w]), (&per_tap.device(), dtype));
+    per_tap.matmul(mask.unsqueeze::<3>()).reshape([batch, out_channels, out_h, out_w])
 }
 
 /// Shape of a [`Downsample2D`].
@@ -202,4 +320,216 @@ fn resample_axis<B: Backend>(x: Tensor<B, 4>, dim: usize, size_in: usize, size_o
         .collect();
     let indices = Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [size_out]), &x.device());
     x.select(dim, indices)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::ModuleVisitor;
+    use burn::tensor::backend::AutodiffBackend;
+    use burn::tensor::{DType, Distribution};
+
+    /// max |a − b| / max |b|, in f32; fails on a non-finite value.
+    fn relative_error<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
+        let scale = b.clone().cast(DType::F32).abs().max().into_scalar().elem::<f32>();
+        crate::nn::testing::max_abs_difference(a, b) / scale.max(f32::MIN_POSITIVE)
+    }
+
+    fn random<B: Backend, const D: usize>(shape: [usize; D], dtype: DType) -> Tensor<B, D> {
+        Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), &Default::default()).cast(dtype)
+    }
+
+    /// Adds noise to a parameter (keeping whether it trains): with the
+    /// defaults (γ = 1, β = 0) a zero channel's constant would often be 0.
+    fn jitter<B: Backend, const D: usize>(param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.map(|t| {
+            let trains = t.is_require_grad();
+            (t.clone() + t.random_like(Distribution::Normal(0.0, 0.3))).detach().set_require_grad(trains)
+        })
+    }
+
+    /// A block over `channels` inputs: random weights, noisy norms and biases.
+    fn block<B: Backend>(channels: usize, out: usize, groups: usize, temb: bool, dtype: DType) -> ResnetBlock2D<B> {
+        let config =
+            ResnetBlock2DConfig::new(channels, out, groups).with_eps(1e-5).with_temb_channels(temb.then_some(6));
+        let mut block = config.init::<B>(&Default::default());
+        for norm in [&mut block.norm1, &mut block.norm2] {
+            norm.gamma = jitter(norm.gamma.clone());
+            norm.beta = jitter(norm.beta.clone());
+        }
+        let convs = [Some(&mut block.conv1), Some(&mut block.conv2), block.conv_shortcut.as_mut()];
+        for conv in convs.into_iter().flatten() {
+            conv.bias = conv.bias.clone().map(jitter);
+        }
+        block.map(&mut CastTo(dtype))
+    }
+
+    struct CastTo(DType);
+
+    impl<B: Backend> burn::module::ModuleMapper<B> for CastTo {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let dtype = self.0;
+            param.map(|t| {
+                let trains = t.is_require_grad();
+                t.cast(dtype).detach().set_require_grad(trains)
+            })
+        }
+    }
+
+    fn with_zeros<B: Backend>(head: Tensor<B, 4>, zeros: usize) -> Tensor<B, 4> {
+        let [batch, _, height, width] = head.dims();
+        let options = (&head.device(), head.dtype());
+        Tensor::cat(vec![head, Tensor::zeros([batch, zeros, height, width], options)], 1)
+    }
+
+    /// (head channels, zeros, groups, out channels): groups straddling the
+    /// head's end (by 1 and by several channels), groups of zeros only, a
+    /// head that ends on a group boundary, and one group for all.
+    const SHAPES: [(usize, usize, usize, usize); 5] =
+        [(7, 5, 4, 8), (10, 14, 8, 16), (8, 4, 4, 12), (1, 5, 2, 4), (5, 4, 1, 3)];
+
+    /// `[batch, height, width]`: H ≠ W, a single pixel, a single row.
+    const GRIDS: [[usize; 3]; 4] = [[1, 5, 3], [2, 4, 7], [2, 1, 1], [1, 1, 6]];
+
+    #[test]
+    fn zero_tail_gives_the_block_on_the_zero_padded_input() {
+        for (head_channels, zeros, groups, out) in SHAPES {
+            for temb in [false, true] {
+                let block = block::<Flex>(head_channels + zeros, out, groups, temb, DType::F32);
+                for [batch, height, width] in GRIDS {
+                    let head = random::<Flex, 4>([batch, head_channels, height, width], DType::F32);
+                    let temb = temb.then(|| random::<Flex, 2>([batch, 6], DType::F32));
+                    let expected = block.forward(with_zeros(head.clone(), zeros), temb.as_ref());
+                    let got = block.forward_zero_tail(head, zeros, temb.as_ref());
+                    let error = relative_error(got, expected);
+                    let case = (head_channels, zeros, groups, batch, height, width);
+                    assert!(error <= 1e-5, "{case:?}: relative error {error:e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_tail_in_half_precision_follows_the_zero_padded_input() {
+        for dtype in [DType::F16, DType::BF16] {
+            let (head_channels, zeros, groups, out) = SHAPES[1];
+            let block = block::<Flex>(head_channels + zeros, out, groups, true, dtype);
+            let head = random::<Flex, 4>([2, head_channels, 4, 7], dtype);
+            let temb = random::<Flex, 2>([2, 6], dtype);
+            let expected = block.forward(with_zeros(head.clone(), zeros), Some(&temb));
+            let got = block.forward_zero_tail(head, zeros, Some(&temb));
+            assert_eq!(got.dtype(), dtype);
+            // A few roundings of the dtype (2⁻¹¹ in f16, 2⁻⁸ in bf16) on O(1) values.
+            let tolerance = if dtype == DType::F16 { 4e-3 } else { 1.5e-2 };
+            let error = relative_error(got, expected);
+            assert!(error <= tolerance, "{dtype:?}: relative error {error:e}");
+        }
+    }
+
+    /// A sample's output does not depend on its batch, bit for bit
+    /// (`generate --batch-size` promises each image as made alone).
+    #[test]
+    fn zero_tail_is_batch_invariant() {
+        let (head_channels, zeros) = (64, 32);
+        let block = block::<Flex>(head_channels + zeros, 64, 32, true, DType::F32);
+        let head = random::<Flex, 4>([3, head_channels, 9, 7], DType::F32);
+        let temb = random::<Flex, 2>([3, 6], DType::F32);
+        let batched = block.forward_zero_tail(head.clone(), zeros, Some(&temb)).narrow(0, 1, 1);
+        let alone = block.forward_zero_tail(head.narrow(0, 1, 1), zeros, Some(&temb.narrow(0, 1, 1)));
+        assert!(batched.equal(alone).all().into_scalar());
+    }
+
+    /// Every parameter that trains through the zero-padded input gets the
+    /// same gradient through the zero tail, and so does the head.
+    #[test]
+    fn zero_tail_gives_the_same_gradients() {
+        type A = Autodiff<Flex>;
+        for (head_channels, zeros, groups, out) in SHAPES {
+            let block = block::<A>(head_channels + zeros, out, groups, true, DType::F32);
+            let [batch, height, width] = [2, 3, 5];
+            let head = random::<A, 4>([batch, head_channels, height, width], DType::F32).require_grad();
+            let temb = random::<A, 2>([batch, 6], DType::F32);
+            let weights = random::<A, 4>([batch, out, height, width], DType::F32);
+            let gradients = |zero_tail: bool| {
+                let out = match zero_tail {
+                    true => block.forward_zero_tail(head.clone(), zeros, Some(&temb)),
+                    false => block.forward(with_zeros(head.clone(), zeros), Some(&temb)),
+                };
+                let grads = (out * weights.clone()).sum().backward();
+                let mut all = gradients_by_path(&block, &grads);
+                all.push(("head".into(), head.grad(&grads).expect("the head trains").reshape([-1])));
+                all
+            };
+            let (got, expected) = (gradients(true), gradients(false));
+            let paths: Vec<&str> = expected.iter().map(|(path, _)| path.as_str()).collect();
+            let mut wanted = vec!["norm1.gamma", "norm1.beta", "conv1.weight", "conv1.bias", "conv2.weight", "head"];
+            if block.conv_shortcut.is_some() {
+                wanted.extend(["conv_shortcut.weight", "conv_shortcut.bias"]);
+            }
+            assert!(wanted.iter().all(|path| paths.contains(path)), "{paths:?}");
+            assert_eq!(got.iter().map(|(path, _)| path.as_str()).collect::<Vec<_>>(), paths);
+            for ((path, got), (_, expected)) in got.into_iter().zip(expected) {
+                let error = relative_error(got, expected);
+                assert!(error <= 1e-5, "{:?}: {path}: relative error {error:e}", (head_channels, zeros, groups));
+            }
+        }
+    }
+
+    /// Each parameter's gradient, flattened, by its path in `module`.
+    pub(crate) fn gradients_by_path<B: AutodiffBackend, M: Module<B>>(
+        module: &M,
+        grads: &B::Gradients,
+    ) -> Vec<(String, Tensor<B::InnerBackend, 1>)> {
+        let mut visitor = GradientsByPath { path: Vec::new(), grads, out: Vec::new() };
+        module.visit(&mut visitor);
+        visitor.out
+    }
+
+    struct GradientsByPath<'a, B: AutodiffBackend> {
+        path: Vec<String>,
+        grads: &'a B::Gradients,
+        out: Vec<(String, Tensor<B::InnerBackend, 1>)>,
+    }
+
+    impl<B: AutodiffBackend> ModuleVisitor<B> for GradientsByPath<'_, B> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(grad) = param.val().grad(self.grads) {
+                self.out.push((self.path.join("."), grad.reshape([-1])));
+            }
+        }
+    }
+
+    /// The constant-channel convolution against burn's convolution of an
+    /// image whose channels are those constants behind zeros, for padded,
+    /// asymmetrically padded, strided and 1x1 kernels.
+    #[test]
+    fn constant_channels_convolve_as_their_image() {
+        let device = Default::default();
+        let configs = [
+            Conv2dConfig::new([9, 4], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)),
+            Conv2dConfig::new([9, 4], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).with_stride([2, 2]),
+            Conv2dConfig::new([9, 4], [3, 2]).with_padding(PaddingConfig2d::Explicit(2, 0, 1, 1)),
+            Conv2dConfig::new([9, 4], [1, 1]),
+        ];
+        for config in configs {
+            let conv: Conv2d<Flex> = config.with_bias(false).init(&device);
+            for [height, width] in [[5, 3], [1, 1], [2, 7]] {
+                let (first, channels, batch) = (3, 6, 2);
+                let values = random::<Flex, 2>([batch, channels], DType::F32);
+                let image = values.clone().reshape([batch, channels, 1, 1]).expand([batch, channels, height, width]);
+                let leading = Tensor::zeros([batch, first, height, width], &device);
+                let expected = conv.forward(Tensor::cat(vec![leading, image], 1));
+                let got = conv_of_constant_channels(&conv, values, first, [height, width]);
+                let error = relative_error(got, expected);
+                assert!(error <= 1e-5, "{:?} over {height}x{width}: relative error {error:e}", conv.kernel_size);
+            }
+        }
+    }
 }

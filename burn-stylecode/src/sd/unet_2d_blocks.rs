@@ -74,7 +74,15 @@ fn resnet_then_attention<B: Backend>(
     temb: Option<&Tensor<B, 2>>,
     context: Option<&Tensor<B, 3>>,
 ) -> Tensor<B, 4> {
-    let h = resnet.forward(x, temb);
+    then_attention(attention, resnet.forward(x, temb), context)
+}
+
+/// Runs the attention on a resnet's output `h`, if there is one.
+fn then_attention<B: Backend>(
+    attention: Option<&Transformer2DModel<B>>,
+    h: Tensor<B, 4>,
+    context: Option<&Tensor<B, 3>>,
+) -> Tensor<B, 4> {
     match attention {
         Some(attention) => attention.forward(h, context.expect("a cross-attention block needs the text context")),
         None => h,
@@ -396,6 +404,31 @@ impl<B: Backend> UpBlock2D<B> {
             .get(j)
             .unwrap_or_else(|| panic!("up block has {} sub-blocks, asked for {j}", self.resnets.len()));
         let h = resnet_then_attention(resnet, self.attentions.get(j), x, temb, context);
+        self.upsample_after(j, h, upsample_to)
+    }
+
+    /// [`Self::sub_block`] on `x = cat([head, 0^zeros], 1)` given only `head`:
+    /// the resnet skips the work on the zeros
+    /// ([`ResnetBlock2D::forward_zero_tail`]), the rest is unchanged.
+    pub(crate) fn sub_block_zero_skip(
+        &self,
+        j: usize,
+        head: Tensor<B, 4>,
+        zeros: usize,
+        temb: Option<&Tensor<B, 2>>,
+        context: Option<&Tensor<B, 3>>,
+        upsample_to: Option<[usize; 2]>,
+    ) -> Tensor<B, 4> {
+        let resnet = self
+            .resnets
+            .get(j)
+            .unwrap_or_else(|| panic!("up block has {} sub-blocks, asked for {j}", self.resnets.len()));
+        let h = then_attention(self.attentions.get(j), resnet.forward_zero_tail(head, zeros, temb), context);
+        self.upsample_after(j, h, upsample_to)
+    }
+
+    /// The upsampler where sub-block `j` is the last.
+    fn upsample_after(&self, j: usize, h: Tensor<B, 4>, upsample_to: Option<[usize; 2]>) -> Tensor<B, 4> {
         match &self.upsampler {
             Some(up) if j + 1 == self.resnets.len() => up.forward(h, upsample_to),
             _ => h,

@@ -182,13 +182,18 @@ impl<B: Backend> UNetHook<B> for ControlHook<'_, B> {
 
     fn after_up(&mut self, step: UpStep, h_base: Tensor<B, 4>, inputs: &HookInputs<'_, B>) -> Tensor<B, 4> {
         let h_ctrl = self.h_ctrl.take().expect("the mid block runs before the up blocks");
-        let no_skip = Tensor::zeros(step.skip_dims, (&h_ctrl.device(), h_ctrl.dtype()));
+        let [_, skip_channels, skip_h, skip_w] = step.skip_dims;
+        assert_eq!([skip_h, skip_w], h_ctrl.dims()[2..], "the base's skip and the branch's state share a grid");
         let (temb, context) = self.branch_inputs(inputs, h_ctrl.dtype());
-        let h_ctrl = self.control.up_blocks.sub_block(
-            step.index,
-            Tensor::cat(vec![h_ctrl, no_skip], 1),
-            &temb,
-            &context,
+        // The sub-block's input is [h_ctrl, zeros in the skip's place]; the
+        // zeros are never made nor convolved.
+        let (block, j) = self.control.up_blocks.locate_sub_block(step.index);
+        let h_ctrl = self.control.up_blocks[block].sub_block_zero_skip(
+            j,
+            h_ctrl,
+            skip_channels,
+            Some(&temb),
+            Some(&context),
             step.upsample_to,
         );
         let (h_ctrl, h_base) = self.control.up_zero_convs_out[step.index].forward(h_ctrl, h_base, self.scale);
@@ -202,4 +207,189 @@ impl<B: Backend> UNetHook<B> for ControlHook<'_, B> {
 pub fn mid_grid<B: Backend>(base: &UNet2DConditionModel<B>, [height, width]: [usize; 2]) -> [usize; 2] {
     let halvings = base.down_blocks.iter().filter(|block| block.downsampler.is_some()).count();
     (0..halvings).fold([height, width], |[h, w], _| [h.div_ceil(2), w.div_ceil(2)])
+}
+
+#[cfg(test)]
+mod tests {
+    //! The branch against its first form, each up sub-block run on
+    //! `cat([h_ctrl, zeros])`.
+    use super::*;
+    use crate::sd::resnet::tests::gradients_by_path;
+    use crate::sd::unet_2d::{DownBlockType, UpBlockType};
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::{ModuleMapper, Param};
+    use burn::tensor::Distribution;
+
+    /// Three levels of widths 8, 12, 20 in 4 groups: the control's up
+    /// sub-blocks take 40, 32 (twice), 20 (twice) and 16 channels, so
+    /// groups straddle the end of the hidden state by 4 and 3 channels,
+    /// and some hold zeros only.
+    fn tiny_base() -> UNetConfig {
+        UNetConfig {
+            block_out_channels: vec![8, 12, 20],
+            down_block_types: vec![
+                DownBlockType::CrossAttnDownBlock2D,
+                DownBlockType::CrossAttnDownBlock2D,
+                DownBlockType::DownBlock2D,
+            ],
+            up_block_types: vec![
+                UpBlockType::UpBlock2D,
+                UpBlockType::CrossAttnUpBlock2D,
+                UpBlockType::CrossAttnUpBlock2D,
+            ],
+            layers_per_block: PerBlock::One(1),
+            norm_num_groups: Some(4),
+            attention_head_dim: PerBlock::One(2),
+            cross_attention_dim: PerBlock::One(16),
+            ..UNetConfig::default()
+        }
+    }
+
+    /// Noise on every norm, bias and linear weight (kept trainable): with
+    /// the defaults (γ = 1, β = 0, identity mixers) every zero channel's
+    /// constant would be 0 and a mishandled one would not show.
+    struct Jitter;
+
+    impl<B: Backend> ModuleMapper<B> for Jitter {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let std = match D {
+                1 => 0.3,
+                2 => 0.05,
+                _ => return param,
+            };
+            param.map(|t| {
+                let trains = t.is_require_grad();
+                (t.clone() + t.random_like(Distribution::Normal(0.0, std))).detach().set_require_grad(trains)
+            })
+        }
+    }
+
+    fn random<B: Backend, const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
+        Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+    }
+
+    /// [`ControlHook`] as first written (in f32).
+    struct ZeroSkipHook<'a, B: Backend> {
+        control: &'a StyleControl<B>,
+        style: Option<Tensor<B, 4>>,
+        h_ctrl: Option<Tensor<B, 4>>,
+        scale: f64,
+    }
+
+    impl<B: Backend> UNetHook<B> for ZeroSkipHook<'_, B> {
+        fn after_mid(&mut self, h_base: Tensor<B, 4>, inputs: &HookInputs<'_, B>) -> Tensor<B, 4> {
+            let style = self.style.take().unwrap();
+            let h_ctrl = self.control.mid_block.forward(style, inputs.temb, inputs.context);
+            let (h_ctrl, h_base) = self.control.middle_block_out.forward(h_ctrl, h_base, self.scale);
+            self.h_ctrl = Some(h_ctrl);
+            h_base
+        }
+
+        fn after_up(&mut self, step: UpStep, h_base: Tensor<B, 4>, inputs: &HookInputs<'_, B>) -> Tensor<B, 4> {
+            let h_ctrl = self.h_ctrl.take().unwrap();
+            let no_skip = Tensor::zeros(step.skip_dims, &h_ctrl.device());
+            let x = Tensor::cat(vec![h_ctrl, no_skip], 1);
+            let h_ctrl = self.control.up_blocks.sub_block(step.index, x, inputs.temb, inputs.context, step.upsample_to);
+            let (h_ctrl, h_base) = self.control.up_zero_convs_out[step.index].forward(h_ctrl, h_base, self.scale);
+            self.h_ctrl = Some(h_ctrl);
+            h_base
+        }
+    }
+
+    /// A base UNet, a control branch and one step's inputs, all random.
+    struct Case<B: Backend> {
+        base: UNet2DConditionModel<B>,
+        control: StyleControl<B>,
+        sample: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        context: Tensor<B, 3>,
+        style: Tensor<B, 4>,
+    }
+
+    impl<B: Backend> Case<B> {
+        fn new(batch: usize, [height, width]: [usize; 2], mix_init: MixInit) -> Self {
+            let device = Default::default();
+            let config = tiny_base();
+            let base = config.init::<B>(&device).map(&mut Jitter);
+            let control = StyleControlConfig::from_base(&config, 2, mix_init).init::<B>(&device).map(&mut Jitter);
+            let [mid_h, mid_w] = mid_grid(&base, [height, width]);
+            Case {
+                sample: random([batch, 4, height, width]),
+                timesteps: Tensor::from_floats([500.0], &device),
+                context: random([batch, 5, 16]),
+                style: random([batch, 20, mid_h, mid_w]),
+                base,
+                control,
+            }
+        }
+
+        /// The step's noise prediction through the branch, or through its first form.
+        fn noise(&self, zero_skip_reference: bool) -> Tensor<B, 4> {
+            let (sample, timesteps, context) = (self.sample.clone(), self.timesteps.clone(), &self.context);
+            if zero_skip_reference {
+                let mut hook =
+                    ZeroSkipHook { control: &self.control, style: Some(self.style.clone()), h_ctrl: None, scale: 0.7 };
+                self.base.forward_with_hook(sample, timesteps, context, &mut hook)
+            } else {
+                self.control.forward(&self.base, sample, timesteps, context.clone(), self.style.clone(), 0.7)
+            }
+        }
+    }
+
+    fn relative_error<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
+        let scale = b.clone().abs().max().into_scalar().elem::<f32>();
+        crate::nn::testing::max_abs_difference(a, b) / scale.max(f32::MIN_POSITIVE)
+    }
+
+    /// Batch 1 and 2, a mid-block grid of 1x1 and of 2x3 (H ≠ W), both mixer kinds.
+    #[test]
+    fn branch_matches_its_zero_skip_form() {
+        for mix_init in [MixInit::Identity, MixInit::ZeroResidual] {
+            for (batch, grid) in [(1, [3, 4]), (2, [3, 4]), (2, [5, 9])] {
+                let case = Case::<Flex>::new(batch, grid, mix_init);
+                let (got, expected) = (case.noise(false), case.noise(true));
+                let error = relative_error(got, expected);
+                assert!(error <= 1e-5, "{mix_init:?}, batch {batch}, {grid:?}: relative error {error:e}");
+            }
+        }
+    }
+
+    /// Training: every parameter of the branch gets the gradient its first
+    /// form gives it, the zero channels' γ and β, conv1's weights on them
+    /// and the mixers included.
+    #[test]
+    fn branch_gradients_match_its_zero_skip_form() {
+        type A = Autodiff<Flex>;
+        for mix_init in [MixInit::Identity, MixInit::ZeroResidual] {
+            let case = Case::<A>::new(2, [5, 6], mix_init);
+            let weights = random::<A, 4>([2, 4, 5, 6]);
+            let gradients = |zero_skip_reference: bool| {
+                let grads = (case.noise(zero_skip_reference) * weights.clone()).sum().backward();
+                gradients_by_path(&case.control, &grads)
+            };
+            let (got, expected) = (gradients(false), gradients(true));
+            let paths: Vec<&str> = expected.iter().map(|(path, _)| path.as_str()).collect();
+            assert_eq!(got.iter().map(|(path, _)| path.as_str()).collect::<Vec<_>>(), paths);
+            for block in 0..3 {
+                for resnet in 0..2 {
+                    for name in ["norm1.gamma", "norm1.beta", "conv1.weight", "conv1.bias", "conv_shortcut.weight"] {
+                        let path = format!("up_blocks.{block}.resnets.{resnet}.{name}");
+                        assert!(paths.contains(&path.as_str()), "no gradient for {path}");
+                    }
+                }
+            }
+            for mixer in 0..6 {
+                for name in ["weight", "bias"] {
+                    let path = format!("up_zero_convs_out.{mixer}.linear.{name}");
+                    assert!(paths.contains(&path.as_str()), "no gradient for {path}");
+                }
+            }
+            // Each gradient sums over the whole step, in another order: f32
+            // noise reaches ~1e-5 of a tensor's largest anywhere in the branch.
+            for ((path, got), (_, expected)) in got.into_iter().zip(expected) {
+                let error = relative_error(got, expected);
+                assert!(error <= 5e-5, "{mix_init:?}: {path}: relative error {error:e}");
+            }
+        }
+    }
 }
