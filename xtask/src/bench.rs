@@ -67,6 +67,7 @@ pub enum Row {
     /// One VAE decode, 4×64×64 → 3×512×512.
     VaeDecode,
     /// One UNet step at 8×8: how the step's cost follows its FLOPs.
+    #[value(name = "unet-plain-8")]
     UnetPlain8,
     /// The whole `stylecode encode` of one PNG (process start to exit).
     Encode,
@@ -350,7 +351,17 @@ fn process_row(
             _ => {
                 let mut command = with_threads(Command::new(&binaries.stylecode), threads);
                 command
-                    .args(["generate", "--prompt", prompt, "--steps", &steps, "--seed", "1", "--weights"])
+                    .args([
+                        "generate",
+                        "--overwrite",
+                        "--prompt",
+                        prompt,
+                        "--steps",
+                        &steps,
+                        "--seed",
+                        "1",
+                        "--weights",
+                    ])
                     .arg(weights)
                     .arg("--out")
                     .arg(out.path().join("burn.png"));
