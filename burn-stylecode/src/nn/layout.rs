@@ -20,6 +20,16 @@ pub fn swap_dims_1_2<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D
     }
 }
 
+/// `x` [B, C, H, W] with `zeros` zero channels appended: [B, C + zeros, H, W].
+pub fn with_zero_channels<B: Backend>(x: Tensor<B, 4>, zeros: usize) -> Tensor<B, 4> {
+    if zeros == 0 {
+        return x;
+    }
+    let [batch, _, height, width] = x.dims();
+    let options = (&x.device(), x.dtype());
+    Tensor::cat(vec![x, Tensor::zeros([batch, zeros, height, width], options)], 1)
+}
+
 /// [B, C, H, W] → [B, H·W, C]: every pixel a token.
 pub fn image_to_tokens<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     let [batch, channels, height, width] = x.dims();

@@ -12,7 +12,7 @@ pub mod norm;
 pub use activation::{geglu, gelu, gelu_tanh};
 pub use conv::conv2d;
 pub use dtype::in_dtype;
-pub use layout::{image_to_tokens, swap_dims_1_2, tokens_to_image};
+pub use layout::{image_to_tokens, swap_dims_1_2, tokens_to_image, with_zero_channels};
 pub use linear::{Linear, LinearConfig};
 pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
 

@@ -84,10 +84,7 @@ impl<B: Backend> GroupNorm<B> {
         let straddling = (per_group - head_channels % per_group) % per_group;
         let prefix = head_channels + straddling;
         let options = (&head.device(), head.dtype());
-        let head = match straddling {
-            0 => head,
-            n => Tensor::cat(vec![head, Tensor::zeros([batch, n, height, width], options)], 1),
-        };
+        let head = crate::nn::with_zero_channels(head, straddling);
         let (gamma, beta) = (self.gamma.val(), self.beta.val());
         let mut tail = Vec::with_capacity(2);
         let normed = if prefix == 0 {
@@ -260,8 +257,7 @@ mod tests {
                     &device,
                 )
                 .cast(dtype);
-                let padded =
-                    Tensor::cat(vec![head.clone(), Tensor::zeros([batch, zeros, height, width], (&device, dtype))], 1);
+                let padded = crate::nn::with_zero_channels(head.clone(), zeros);
                 let expected = norm.forward_silu(padded);
                 let (got_head, got_tail) = norm.forward_silu_zero_tail(head, zeros);
                 let got_tail = got_tail.reshape([batch, zeros, 1, 1]).expand([batch, zeros, height, width]);

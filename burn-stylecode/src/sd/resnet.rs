@@ -1,6 +1,6 @@
 //! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D`.
 
-use crate::nn::{conv2d, in_dtype, GroupNorm, GroupNormConfig, Linear, LinearConfig};
+use crate::nn::{conv2d, in_dtype, with_zero_channels, GroupNorm, GroupNormConfig, Linear, LinearConfig};
 use burn::module::{Module, Param, ParamId};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, PaddingConfig2d};
@@ -114,26 +114,21 @@ impl<B: Backend> ResnetBlock2D<B> {
         zeros: usize,
         temb: Option<&Tensor<B, 2>>,
     ) -> Tensor<B, 4> {
-        let [batch, head_channels, height, width] = head.dims();
+        let [_, head_channels, height, width] = head.dims();
         assert_eq!(
             head_channels + zeros,
             self.in_channels,
             "{head_channels} + {zeros} channels into a resnet of other width"
         );
         if zeros == 0 || head_channels == 0 {
-            let options = (&head.device(), head.dtype());
-            let x = Tensor::cat(vec![head, Tensor::zeros([batch, zeros, height, width], options)], 1);
-            return self.forward(x, temb);
+            return self.forward(with_zero_channels(head, zeros), temb);
         }
         let (normed, constants) = self.norm1.forward_silu_zero_tail(head.clone(), zeros);
         let h = conv2d(&leading_inputs(&self.conv1, head_channels), normed)
             + conv_of_constant_channels(&self.conv1, constants, head_channels, [height, width]);
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv2d(&leading_inputs(conv, head_channels), head),
-            None => {
-                let options = (&head.device(), head.dtype());
-                Tensor::cat(vec![head, Tensor::zeros([batch, zeros, height, width], options)], 1)
-            }
+            None => with_zero_channels(head, zeros),
         };
         self.after_conv1(h, shortcut, temb)
     }
@@ -377,12 +372,6 @@ pub(crate) mod tests {
         }
     }
 
-    fn with_zeros<B: Backend>(head: Tensor<B, 4>, zeros: usize) -> Tensor<B, 4> {
-        let [batch, _, height, width] = head.dims();
-        let options = (&head.device(), head.dtype());
-        Tensor::cat(vec![head, Tensor::zeros([batch, zeros, height, width], options)], 1)
-    }
-
     /// (head channels, zeros, groups, out channels): groups straddling the
     /// head's end (by 1 and by several channels), groups of zeros only, a
     /// head that ends on a group boundary, and one group for all.
@@ -400,7 +389,7 @@ pub(crate) mod tests {
                 for [batch, height, width] in GRIDS {
                     let head = random::<Flex, 4>([batch, head_channels, height, width], DType::F32);
                     let temb = temb.then(|| random::<Flex, 2>([batch, 6], DType::F32));
-                    let expected = block.forward(with_zeros(head.clone(), zeros), temb.as_ref());
+                    let expected = block.forward(with_zero_channels(head.clone(), zeros), temb.as_ref());
                     let got = block.forward_zero_tail(head, zeros, temb.as_ref());
                     let error = relative_error(got, expected);
                     let case = (head_channels, zeros, groups, batch, height, width);
@@ -417,7 +406,7 @@ pub(crate) mod tests {
             let block = block::<Flex>(head_channels + zeros, out, groups, true, dtype);
             let head = random::<Flex, 4>([2, head_channels, 4, 7], dtype);
             let temb = random::<Flex, 2>([2, 6], dtype);
-            let expected = block.forward(with_zeros(head.clone(), zeros), Some(&temb));
+            let expected = block.forward(with_zero_channels(head.clone(), zeros), Some(&temb));
             let got = block.forward_zero_tail(head, zeros, Some(&temb));
             assert_eq!(got.dtype(), dtype);
             // A few roundings of the dtype (2⁻¹¹ in f16, 2⁻⁸ in bf16) on O(1) values.
@@ -454,7 +443,7 @@ pub(crate) mod tests {
             let gradients = |zero_tail: bool| {
                 let out = match zero_tail {
                     true => block.forward_zero_tail(head.clone(), zeros, Some(&temb)),
-                    false => block.forward(with_zeros(head.clone(), zeros), Some(&temb)),
+                    false => block.forward(with_zero_channels(head.clone(), zeros), Some(&temb)),
                 };
                 let grads = (out * weights.clone()).sum().backward();
                 let mut all = gradients_by_path(&block, &grads);

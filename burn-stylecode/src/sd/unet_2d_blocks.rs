@@ -399,11 +399,7 @@ impl<B: Backend> UpBlock2D<B> {
         context: Option<&Tensor<B, 3>>,
         upsample_to: Option<[usize; 2]>,
     ) -> Tensor<B, 4> {
-        let resnet = self
-            .resnets
-            .get(j)
-            .unwrap_or_else(|| panic!("up block has {} sub-blocks, asked for {j}", self.resnets.len()));
-        let h = resnet_then_attention(resnet, self.attentions.get(j), x, temb, context);
+        let h = resnet_then_attention(self.resnet(j), self.attentions.get(j), x, temb, context);
         self.upsample_after(j, h, upsample_to)
     }
 
@@ -419,12 +415,13 @@ impl<B: Backend> UpBlock2D<B> {
         context: Option<&Tensor<B, 3>>,
         upsample_to: Option<[usize; 2]>,
     ) -> Tensor<B, 4> {
-        let resnet = self
-            .resnets
-            .get(j)
-            .unwrap_or_else(|| panic!("up block has {} sub-blocks, asked for {j}", self.resnets.len()));
-        let h = then_attention(self.attentions.get(j), resnet.forward_zero_tail(head, zeros, temb), context);
+        let h = then_attention(self.attentions.get(j), self.resnet(j).forward_zero_tail(head, zeros, temb), context);
         self.upsample_after(j, h, upsample_to)
+    }
+
+    /// Resnet `j`, which sub-block `j` starts with.
+    fn resnet(&self, j: usize) -> &ResnetBlock2D<B> {
+        self.resnets.get(j).unwrap_or_else(|| panic!("up block has {} sub-blocks, asked for {j}", self.resnets.len()))
     }
 
     /// The upsampler where sub-block `j` is the last.
