@@ -69,7 +69,7 @@ pub enum Row {
     /// One UNet step at 8×8: how the step's cost follows its FLOPs.
     #[value(name = "unet-plain-8")]
     UnetPlain8,
-    /// The whole `stylecode encode` of one PNG (process start to exit).
+    /// The whole `stylecode encode` of one JPEG photo (process start to exit).
     Encode,
     /// The whole 20-step 512² `stylecode generate` (process start to exit).
     Generate,

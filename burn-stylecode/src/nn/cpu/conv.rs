@@ -121,11 +121,22 @@ fn few_pixels(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: ConvShape)
     patches.par_chunks_mut(depth).enumerate().for_each(|(row, patch)| {
         let (b, oy, ox) = (row / pixels, row % pixels / out_w, row % out_w);
         let image = &x[b * in_channels * height * width..][..in_channels * height * width];
-        for (tap, value) in patch.iter_mut().enumerate() {
-            let (channel, dy, dx) = (tap / (kh * kw), tap / kw % kh, tap % kw);
-            let (iy, ix) = ((oy * sy + dy).wrapping_sub(top), (ox * sx + dx).wrapping_sub(left));
-            if iy < height && ix < width {
-                *value = image[(channel * height + iy) * width + ix];
+        if height * width == 0 {
+            return;
+        }
+        // The patch in (channel, dy, dx) order; taps outside the image stay zero.
+        for (plane, taps) in image.chunks_exact(height * width).zip(patch.chunks_exact_mut(kh * kw)) {
+            for (dy, taps) in taps.chunks_exact_mut(kw).enumerate() {
+                let iy = (oy * sy + dy).wrapping_sub(top);
+                if iy >= height {
+                    continue;
+                }
+                for (dx, value) in taps.iter_mut().enumerate() {
+                    let ix = (ox * sx + dx).wrapping_sub(left);
+                    if ix < width {
+                        *value = plane[iy * width + ix];
+                    }
+                }
             }
         }
     });

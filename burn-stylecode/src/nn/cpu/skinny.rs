@@ -22,6 +22,10 @@ const BLOCK: usize = 4;
 /// Values of k per pass (2 KiB of each row): a task's weight rows and x
 /// stay in L2 across the pass.
 const DEPTH_BLOCK: usize = 512;
+/// Bytes of x up to which a pass takes the whole of k: x stays in L2 by
+/// itself, and each weight row streams from memory in one run rather than
+/// in 2 KiB pieces.
+const MAX_WHOLE_DEPTH_X_BYTES: usize = 512 << 10;
 /// Weight rows per task.
 const TASK_ROWS: usize = 32;
 
@@ -78,10 +82,10 @@ fn dots(weight: &[f32], x: &[f32], k: usize, rows: usize, out: &mut [f32]) {
     }
 }
 
-/// Blocks of 4 weight rows × 4 x rows × [`DEPTH_BLOCK`] of k, with each
-/// output's 16 lane sums kept between the depth blocks (so that the task's
-/// slice of the weight and all of x stay in L2): the same order as
-/// [`dot_portable`].
+/// Blocks of 4 weight rows × 4 x rows × [`DEPTH_BLOCK`] of k (all of k when
+/// x is small), with each output's 16 lane sums kept between the depth
+/// blocks (so that the task's slice of the weight and all of x stay in L2):
+/// the same order as [`dot_portable`], whatever the depth block.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dots_avx512(weight: &[f32], x: &[f32], k: usize, rows: usize, out: &mut [f32]) {
@@ -89,8 +93,9 @@ unsafe fn dots_avx512(weight: &[f32], x: &[f32], k: usize, rows: usize, out: &mu
     let weight_rows = weight.len() / k;
     let whole = k / LANES * LANES;
     let mut lanes = vec![0f32; weight_rows * rows * LANES];
-    for k0 in (0..whole).step_by(DEPTH_BLOCK) {
-        let k1 = (k0 + DEPTH_BLOCK).min(whole);
+    let depth_block = if std::mem::size_of_val(x) <= MAX_WHOLE_DEPTH_X_BYTES { whole.max(LANES) } else { DEPTH_BLOCK };
+    for k0 in (0..whole).step_by(depth_block) {
+        let k1 = (k0 + depth_block).min(whole);
         for o0 in (0..weight_rows).step_by(BLOCK) {
             // Rows past the end repeat the last one: they compute and store
             // the same values again, so every output takes this path.
@@ -198,26 +203,30 @@ mod tests {
     /// The dispatched kernel sums in the portable loop's order, bit for bit.
     #[test]
     fn every_path_sums_in_one_order() {
-        let (rows, n, k) = (6, 7, 16 * 70 + 7);
-        let x = test_values(rows * k, 13, 1.0);
-        let weight = test_values(n * k, 17, 1.0);
-        let mut out = vec![0f32; n * rows];
-        dots(&weight, &x, k, rows, &mut out);
-        for (slot, &got) in out.iter().enumerate() {
-            let (o, j) = (slot / rows, slot % rows);
-            assert_eq!(got, dot_portable(&weight[o * k..][..k], &x[j * k..][..k]), "output ({j}, {o})");
+        // x small enough for whole-depth passes, and x over the bound (passes of 512).
+        for (rows, n, k) in [(6, 7, 16 * 70 + 7), (12, 5, 16 * 700 + 7)] {
+            let x = test_values(rows * k, 13, 1.0);
+            let weight = test_values(n * k, 17, 1.0);
+            let mut out = vec![0f32; n * rows];
+            dots(&weight, &x, k, rows, &mut out);
+            for (slot, &got) in out.iter().enumerate() {
+                let (o, j) = (slot / rows, slot % rows);
+                assert_eq!(got, dot_portable(&weight[o * k..][..k], &x[j * k..][..k]), "{rows}×{k}: output ({j}, {o})");
+            }
         }
     }
 
     #[test]
     fn a_row_gives_the_same_bits_in_any_batch() {
-        let (n, k) = (45, 301);
-        let x = test_values(9 * k, 7, 1.0);
-        let weight = test_values(n * k, 11, 0.5);
-        let alone = rows_times_transposed(&x[2 * k..3 * k], 1, &weight, n, k);
-        for rows in [3, 4, 5, 9] {
-            let batched = rows_times_transposed(&x[..rows * k], rows, &weight, n, k);
-            assert!(batched[2 * n..3 * n] == alone[..], "row 2 of {rows}");
+        // At the second depth, 9 rows of x are over the whole-depth bound and 3 are under it.
+        for (n, k) in [(45, 301), (45, 16 * 1000 + 5)] {
+            let x = test_values(9 * k, 7, 1.0);
+            let weight = test_values(n * k, 11, 0.5);
+            let alone = rows_times_transposed(&x[2 * k..3 * k], 1, &weight, n, k);
+            for rows in [3, 4, 5, 9] {
+                let batched = rows_times_transposed(&x[..rows * k], rows, &weight, n, k);
+                assert!(batched[2 * n..3 * n] == alone[..], "k {k}: row 2 of {rows}");
+            }
         }
     }
 }
