@@ -44,6 +44,13 @@ const MIN_GEMM_ROWS: usize = 128;
 /// the tokens and pixels of a UNet's deep levels on small latents, the
 /// time embedding.
 const MAX_SKINNY_ROWS_PER_SAMPLE: usize = 16;
+/// Rows up to which burn-flex in f32 multiplies on
+/// [`crate::nn::cpu::split_gemm`] (one gemm per thread over its share of the
+/// weight) instead of burn-flex's matmul, which packs a weight of ≤ 1280
+/// output features on one thread first: SigLIP's 196 tokens, the text
+/// context's keys and values, a UNet's small latents. Above it the two run
+/// alike.
+const MAX_SPLIT_ROWS: usize = 1024;
 
 /// `y = x Wᵀ + b` over the last axis, with `W` stored `[out, in]`.
 #[derive(Module, Debug)]
@@ -78,6 +85,27 @@ impl<B: Backend> Linear<B> {
                 d_input,
             );
             crate::nn::cpu::from_values(values, [rows, d_output])
+        } else if crate::nn::cpu::runs_here(&x) && crate::nn::cpu::runs_here(&weight) && rows <= MAX_SPLIT_ROWS {
+            // Padded to MIN_GEMM_ROWS like the generic path below, for the same reason.
+            let [d_output, _] = weight.dims();
+            let padded = rows.max(MIN_GEMM_ROWS);
+            let x = match padded - rows {
+                0 => x,
+                padding => {
+                    let zeros = Tensor::zeros([padding, d_input], (&x.device(), x.dtype()));
+                    Tensor::cat(vec![x, zeros], 0)
+                }
+            };
+            let (x, weight) = (crate::nn::cpu::to_flex(x), crate::nn::cpu::to_flex(weight));
+            let mut values = crate::nn::cpu::split_gemm::rows_times_transposed(
+                crate::nn::cpu::values(&x),
+                padded,
+                crate::nn::cpu::values(&weight),
+                d_output,
+                d_input,
+            );
+            values.truncate(rows * d_output);
+            crate::nn::cpu::from_values(values, [rows, d_output])
         } else if crate::nn::cpu::is_flex::<B>() && rows < MIN_GEMM_ROWS {
             // gemm takes other paths (gemv; another k-blocking) for ≤ 64
             // rows: padded, every row sums in the same order in any batch.
@@ -92,6 +120,45 @@ impl<B: Backend> Linear<B> {
         };
         dims[D - 1] = self.weight.dims()[0];
         y.reshape(dims)
+    }
+
+    /// Per pixel, over the channels of `[a, b]` (two NCHW images of C
+    /// channels, C·2 = the layer's width): the output's two channel halves,
+    /// plus `[a, b]` itself when `residual`. burn-flex in f32 computes them
+    /// straight from `a` and `b` ([`crate::nn::cpu::mix_halves`]) once there
+    /// are more pixels than [`MAX_SKINNY_ROWS_PER_SAMPLE`]; below that, and
+    /// elsewhere, the concatenation goes through [`Linear::forward`] as tokens.
+    pub fn forward_channel_pair(&self, a: Tensor<B, 4>, b: Tensor<B, 4>, residual: bool) -> [Tensor<B, 4>; 2] {
+        let [batch, channels, height, width] = a.dims();
+        let pixels = height * width;
+        if crate::nn::cpu::runs_here(&a)
+            && crate::nn::cpu::runs_here(&b)
+            && crate::nn::cpu::runs_here(&self.weight.val())
+            && pixels > MAX_SKINNY_ROWS_PER_SAMPLE
+            && b.dims() == a.dims()
+            && self.weight.dims() == [2 * channels, 2 * channels]
+        {
+            let (a, b) = (crate::nn::cpu::to_flex(a), crate::nn::cpu::to_flex(b));
+            let weight = crate::nn::cpu::to_flex(self.weight.val());
+            let bias = self.bias.as_ref().map(|bias| crate::nn::cpu::to_flex(bias.val()));
+            let shape = crate::nn::cpu::mix_halves::HalvesShape { batch, channels, pixels };
+            let halves = crate::nn::cpu::mix_halves::mix_halves(
+                crate::nn::cpu::values(&a),
+                crate::nn::cpu::values(&b),
+                crate::nn::cpu::values(&weight),
+                bias.as_ref().map(crate::nn::cpu::values),
+                residual,
+                shape,
+            );
+            return halves.map(|half| crate::nn::cpu::from_values(half, [batch, channels, height, width]));
+        }
+        let both = crate::nn::image_to_tokens(Tensor::cat(vec![a, b], 1));
+        let mut mixed = self.forward(both.clone());
+        if residual {
+            mixed = mixed + both;
+        }
+        let mut halves = crate::nn::tokens_to_image(mixed, height, width).chunk(2, 1).into_iter();
+        [halves.next().expect("two halves"), halves.next().expect("two halves")]
     }
 }
 
@@ -119,12 +186,13 @@ mod tests {
         }
     }
 
-    /// Both kernels (few rows per sample, and gemm) give the plain matmul.
+    /// Every kernel (few rows per sample; gemm split by weight rows, padded
+    /// or not; burn-flex's gemm above MAX_SPLIT_ROWS) gives the plain matmul.
     #[test]
     fn gives_the_matmul_on_every_path() {
         let device = Default::default();
         for (batch, rows, d_in, d_out) in
-            [(1, 1, 33, 70), (2, 4, 1280, 96), (3, 16, 47, 5), (2, 17, 40, 24), (1, 130, 16, 8)]
+            [(1, 1, 33, 70), (2, 4, 1280, 96), (3, 16, 47, 5), (2, 17, 40, 24), (1, 130, 16, 8), (2, 600, 24, 40)]
         {
             let linear = LinearConfig::new(d_in, d_out).init::<Flex>(&device);
             let x =
@@ -139,6 +207,32 @@ mod tests {
         let expected =
             x.clone().matmul(linear.weight.val().transpose()) + linear.bias.as_ref().unwrap().val().unsqueeze();
         assert!(crate::nn::testing::max_abs_difference(linear.forward(x), expected) < 1e-5, "2-D input");
+    }
+
+    /// The channel-pair form equals the linear over the concatenation, with
+    /// and without the residual, on both sides of the pixel bound, batch 1 too.
+    #[test]
+    fn channel_pair_is_the_linear_over_the_concatenation() {
+        let device = Default::default();
+        let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+        for (batch, channels, height, width, residual) in
+            [(1, 5, 7, 3, true), (2, 16, 5, 5, false), (2, 8, 2, 2, true), (1, 3, 4, 4, false)]
+        {
+            let linear = LinearConfig::new(2 * channels, 2 * channels).init::<Flex>(&device);
+            let a = Tensor::<Flex, 4>::random([batch, channels, height, width], normal, &device);
+            let b = Tensor::<Flex, 4>::random([batch, channels, height, width], normal, &device);
+            let both = crate::nn::image_to_tokens(Tensor::cat(vec![a.clone(), b.clone()], 1));
+            let mut expected = both.clone().matmul(linear.weight.val().transpose().unsqueeze::<3>())
+                + linear.bias.as_ref().unwrap().val().unsqueeze::<3>();
+            if residual {
+                expected = expected + both;
+            }
+            let expected = crate::nn::tokens_to_image(expected, height, width).chunk(2, 1);
+            for (got, want) in linear.forward_channel_pair(a, b, residual).into_iter().zip(expected) {
+                let worst = crate::nn::testing::max_abs_difference(got, want);
+                assert!(worst < 1e-5, "{batch}×{channels}×{height}×{width}: max error {worst}");
+            }
+        }
     }
 
     #[test]

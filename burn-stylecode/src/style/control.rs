@@ -10,7 +10,7 @@
 //! proportion `s`, the conditioning scale: `h_base·(1-s) + mixed·s`. The
 //! control up sub-blocks see zeros where the base sees its skips.
 
-use crate::nn::{image_to_tokens, in_dtype, tokens_to_image, Linear, LinearConfig};
+use crate::nn::{in_dtype, Linear, LinearConfig};
 use crate::sd::unet_2d::{PerBlock, UNet2DConditionModel, UNetConfig};
 use crate::sd::unet_2d_blocks::{MidBlock2DCrossAttn, UpBlock2D, UpSubBlocks};
 use crate::sd::unet_hook::{HookInputs, UNetHook, UpStep};
@@ -107,17 +107,9 @@ impl<B: Backend> Mixer<B> {
     /// the base's state comes back in its own (they differ under mixed
     /// precision: a half-precision base, an f32 branch).
     pub fn forward(&self, h_ctrl: Tensor<B, 4>, h_base: Tensor<B, 4>, scale: f64) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let [_, _, height, width] = h_ctrl.dims();
         let base_dtype = h_base.dtype();
         let h_base = in_dtype(h_base, h_ctrl.dtype());
-        let both = image_to_tokens(Tensor::cat(vec![h_ctrl, h_base.clone()], 1));
-        let mut mixed = self.linear.forward(both.clone());
-        if self.residual {
-            mixed = mixed + both;
-        }
-        let mixed = tokens_to_image(mixed, height, width);
-        let mut halves = mixed.chunk(2, 1).into_iter();
-        let (h_ctrl, h_base_out) = (halves.next().unwrap(), halves.next().unwrap());
+        let [h_ctrl, h_base_out] = self.linear.forward_channel_pair(h_ctrl, h_base.clone(), self.residual);
         (h_ctrl, in_dtype(h_base * (1.0 - scale) + h_base_out * scale, base_dtype))
     }
 }

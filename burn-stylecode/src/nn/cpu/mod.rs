@@ -12,8 +12,10 @@ pub mod geglu;
 pub mod gelu;
 pub mod group_norm;
 pub mod layout;
+pub mod mix_halves;
 mod simd;
 pub mod skinny;
+pub mod split_gemm;
 pub mod winograd;
 
 use burn::backend::Flex;

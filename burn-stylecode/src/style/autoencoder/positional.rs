@@ -1,5 +1,6 @@
 use burn::prelude::*;
 use burn::tensor::DType;
+use rayon::prelude::*;
 
 /// The classic sinusoidal table [len, d_model]: even columns
 /// `sin(pos / 10000^(2i/d))`, odd columns the matching cosine.
@@ -14,11 +15,12 @@ pub(crate) fn sinusoidal_values(len: usize, d_model: usize) -> Vec<f32> {
     let scale = -(10000f32).ln() / d_model as f32;
     let div: Vec<f32> = (0..d_model).step_by(2).map(|i| (i as f32 * scale).exp()).collect();
     let mut values = vec![0f32; len * d_model];
-    for (pos, row) in values.chunks_mut(d_model).enumerate() {
+    // In parallel: the checkpoint's 5000-row buffer is checked against it at load.
+    values.par_chunks_mut(d_model.max(1)).enumerate().for_each(|(pos, row)| {
         for (col, value) in row.iter_mut().enumerate() {
             let angle = pos as f32 * div[col / 2];
             *value = if col % 2 == 0 { angle.sin() } else { angle.cos() };
         }
-    }
+    });
     values
 }
