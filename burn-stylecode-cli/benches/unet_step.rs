@@ -1,5 +1,6 @@
 //! One full-size SD1.5 UNet denoising step (batch 2, 4×64×64 latents, 77×768
-//! context, random weights), plain and with the style control module, and
+//! context made once, as a generation does; random weights), plain and with
+//! the style control module, and
 //! one full-size VAE decode (a 4×64×64 latent → 512×512).
 //!
 //! `cargo bench -p burn-stylecode-cli --bench unet_step -- [cpu|wgpu|cuda] [plain|styled|vae] [REPEATS] [LATENT]`
@@ -9,6 +10,7 @@
 //! `cargo xtask bench` runs them all beside PyTorch (`unet_step.py`).
 
 use burn::prelude::*;
+use burn_stylecode::sd::text_context::TextContext;
 use burn_stylecode::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
 use burn_stylecode::sd::vae::{AutoencoderKL, VaeConfig};
 use burn_stylecode::style::control::{MixInit, StyleControl, StyleControlConfig};
@@ -40,17 +42,19 @@ fn run<B: Backend>(device: B::Device, backend: &str, mode: &str, repeats: usize,
     let control: Option<StyleControl<B>> =
         (mode == "styled").then(|| StyleControlConfig::from_base(&config, 8, MixInit::Identity).init(&device));
     let sample = Tensor::<B, 4>::random([2, 4, latent, latent], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let context = Tensor::<B, 3>::random([2, 77, 768], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    // One context for all the steps, as in a generation: its cross-attention
+    // keys and values are computed on the warm-up step and kept (diffusers
+    // computes them on every step).
+    let context =
+        TextContext::new(Tensor::<B, 3>::random([2, 77, 768], burn::tensor::Distribution::Normal(0.0, 1.0), &device));
     let mid = latent.div_ceil(8);
     let style = Tensor::<B, 4>::random([2, 1280, mid, mid], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
     let timestep = Tensor::<B, 1>::from_floats([500.0], &device);
 
     let step = || {
         let noise = match &control {
-            Some(control) => {
-                control.forward(&unet, sample.clone(), timestep.clone(), context.clone(), style.clone(), 0.9)
-            }
-            None => unet.forward(sample.clone(), timestep.clone(), context.clone()),
+            Some(control) => control.forward(&unet, sample.clone(), timestep.clone(), &context, style.clone(), 0.9),
+            None => unet.forward(sample.clone(), timestep.clone(), &context),
         };
         // Reading one value back waits for the device to finish.
         noise.slice([0..1, 0..1, 0..1, 0..1]).into_data();

@@ -10,6 +10,7 @@
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn_stylecode::sd::clip::ClipTextTransformer;
+use burn_stylecode::sd::text_context::TextContext;
 use burn_stylecode::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
 use burn_stylecode::sd::vae::AutoencoderKL;
 use burn_stylecode::siglip::SiglipVisionTransformer;
@@ -41,7 +42,8 @@ fn unet() {
     let dir = weights().sd15_dir().join("unet");
     let unet = UNet2DConditionModel::<TestBackend>::from_diffusers_dir(&dir, DType::F16, &device()).unwrap();
     let reference = reference("sd15_unet.safetensors");
-    let noise = unet.forward(half(&reference, "sample"), half(&reference, "timesteps"), half(&reference, "context"));
+    let context = TextContext::new(half(&reference, "context"));
+    let noise = unet.forward(half(&reference, "sample"), half(&reference, "timesteps"), &context);
     assert_f16_close("unet", noise, tensor(&reference, "noise"));
 }
 
@@ -113,7 +115,7 @@ fn style_control() {
         &unet,
         sample,
         half(&reference, "timesteps"),
-        half(&reference, "context"),
+        &TextContext::new(half(&reference, "context")),
         features,
         scale,
     );

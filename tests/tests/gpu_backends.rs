@@ -24,6 +24,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn_stylecode::sd::clip::ClipTextTransformer;
 use burn_stylecode::sd::pipeline::StableDiffusion;
+use burn_stylecode::sd::text_context::TextContext;
 use burn_stylecode::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
 use burn_stylecode::sd::vae::AutoencoderKL;
 use burn_stylecode::siglip::SiglipVisionTransformer;
@@ -88,9 +89,10 @@ fn unet() {
     for dtype in DTYPES {
         let unet = UNet2DConditionModel::<Gpu>::from_diffusers_dir(&dir, dtype, &device()).unwrap();
         let (timesteps, context) = (tensor(&r, "timesteps", dtype), tensor(&r, "context", dtype));
-        let noise = unet.forward(tensor(&r, "sample", dtype), timesteps.clone(), context.clone());
+        let context = TextContext::new(context);
+        let noise = unet.forward(tensor(&r, "sample", dtype), timesteps.clone(), &context);
         assert_close("unet", dtype, noise, &r, "noise");
-        let noise = unet.forward(tensor(&r, "sample_odd", dtype), timesteps, context);
+        let noise = unet.forward(tensor(&r, "sample_odd", dtype), timesteps, &context);
         assert_close("unet, odd latents", dtype, noise, &r, "noise_odd");
     }
 }
@@ -110,7 +112,7 @@ fn style_control() {
         let condition = StyleCondition { autoencoder: &codes.autoencoder, control: &codes.control, latents, scale };
         let features = condition.features(&unet, [height, width]);
         let (timesteps, context) = (tensor(&r, "timesteps", dtype), tensor(&r, "context", dtype));
-        let noise = codes.control.forward(&unet, sample, timesteps, context, features, scale);
+        let noise = codes.control.forward(&unet, sample, timesteps, &TextContext::new(context), features, scale);
         assert_close("style control", dtype, noise, &r, "noise_scale_0.9");
     }
 }
@@ -174,7 +176,7 @@ fn whole_pipeline() {
     for dtype in DTYPES {
         let sd = StableDiffusion::<Gpu>::load(&weights().sd15_dir(), dtype, &device()).unwrap();
         let context = sd.text_context(&text("prompt"), &text("negative_prompt"), &settings).unwrap();
-        let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
+        let predict = |x, t, ctx| sd.unet.forward(x, t, &ctx);
         let noise = tensor(&r, "noise", dtype);
         let latents =
             sd.denoise(noise, &context, &settings, &mut [], predict, |_, _| ControlFlow::Continue(())).unwrap();

@@ -52,7 +52,7 @@ fn img2img_matches_diffusers_for_each_scheduler() {
             sd.vae.to_diffusion(AutoencoderKL::sample(mean, logvar, tensor(&reference, &format!("{name}.vae_noise"))));
         let init = InitLatents { latents: clean, strength };
         let mut steps = Vec::new();
-        let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
+        let predict = |x, t, ctx| sd.unet.forward(x, t, &ctx);
         let on_step = |done, total, _: &Tensor<TestBackend, 4>| {
             steps.push((done, total));
             ControlFlow::Continue(())

@@ -8,6 +8,7 @@ use burn::tensor::DType;
 use burn_stylecode::sd::clip::ClipTextConfig;
 use burn_stylecode::sd::lora::LoraSpec;
 use burn_stylecode::sd::pipeline::{weights_files, StableDiffusion};
+use burn_stylecode::sd::text_context::TextContext;
 use burn_stylecode::sd::unet_2d::UNetConfig;
 use burn_stylecode::weights::{JsonConfig, TensorFile};
 use burn_stylecode::Error;
@@ -126,7 +127,11 @@ fn loaded_models_run_with_the_lora_merged() {
     let sample: Tensor<TestBackend, 4> = tensor(&reference, "unet_sample");
     let t: Tensor<TestBackend, 1> = tensor(&reference, "unet_timestep");
     let context: Tensor<TestBackend, 3> = tensor(&reference, "unet_context");
-    assert_close("fused UNet", sd.unet.forward(sample, t, context), tensor(&reference, "kohya_unet_out"));
+    assert_close(
+        "fused UNet",
+        sd.unet.forward(sample, t, &TextContext::new(context)),
+        tensor(&reference, "kohya_unet_out"),
+    );
     let ids: Tensor<TestBackend, 2> = tensor(&reference, "text_ids");
     let out = sd.text_encoder.forward(ids.int()).last_hidden_state;
     assert_close("fused text encoder", out, tensor(&reference, "kohya_text_out"));

@@ -13,6 +13,16 @@ fn elements(path: &std::path::Path) -> u64 {
     keys.iter().map(|k| file.shape(k).unwrap().iter().product::<usize>() as u64).sum()
 }
 
+/// Rows of every cross-attention key and value projection in `path`.
+fn key_value_rows(path: &std::path::Path) -> u64 {
+    let file = TensorFile::open(path).unwrap();
+    let keys: Vec<String> = file.keys().map(String::from).collect();
+    keys.iter()
+        .filter(|k| k.ends_with("attn2.to_k.weight") || k.ends_with("attn2.to_v.weight"))
+        .map(|k| file.shape(k).unwrap()[0] as u64)
+        .sum()
+}
+
 #[test]
 fn weights_are_counted_at_the_load_dtype_and_activations_grow_with_the_area() {
     let sd15 = weights().sd15_dir();
@@ -33,10 +43,17 @@ fn weights_are_counted_at_the_load_dtype_and_activations_grow_with_the_area() {
     let with_style = estimate(&sd15, Some(&style_weights), &styled, DType::F32).unwrap();
     assert_eq!(with_style.weights, (parameters + elements(&style_weights)) * 4);
 
+    // The prompts' keys and values: 77 tokens × 2 copies (guidance), in f32.
+    let unet_rows = key_value_rows(&sd15.join("unet/diffusion_pytorch_model.safetensors"));
+    assert!(unet_rows > 0);
+    assert_eq!(f32.text_keys_values, 2 * 77 * unet_rows * 4);
+    assert_eq!(with_style.text_keys_values, 2 * 77 * (unet_rows + key_value_rows(&style_weights)) * 4);
+
     let double = GenerationShape { width: 128, height: 96, batch: 3, ..shape };
     let bigger = estimate(&sd15, None, &double, DType::F32).unwrap();
     assert_eq!(bigger.activations, f32.activations * 12);
     assert_eq!(bigger.images, f32.images * 12);
+    assert_eq!(bigger.text_keys_values, f32.text_keys_values * 3, "with the batch, not the area");
 }
 
 #[test]

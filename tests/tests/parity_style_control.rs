@@ -7,6 +7,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn_stylecode::sd::pipeline::{Settings, StableDiffusion};
 use burn_stylecode::sd::schedulers::SchedulerKind;
+use burn_stylecode::sd::text_context::TextContext;
 use burn_stylecode::sd::unet_2d::{count_params, UNet2DConditionModel, UNetConfig};
 use burn_stylecode::style::control::{MixInit, StyleControlConfig};
 use burn_stylecode::style::{StyleCodesModel, StyleCondition};
@@ -34,7 +35,7 @@ fn load_codes(weights: &WeightsDir) -> Result<StyleCodesModel<B>, Error> {
 struct Step {
     sample: Tensor<B, 4>,
     timesteps: Tensor<B, 1>,
-    context: Tensor<B, 3>,
+    context: TextContext<B>,
     code_latents: Tensor<B, 2>,
 }
 
@@ -42,7 +43,7 @@ fn step_inputs(reference: &TensorFile) -> Step {
     Step {
         sample: tensor(reference, "sample"),
         timesteps: tensor(reference, "timesteps"),
-        context: tensor(reference, "context"),
+        context: TextContext::new(tensor(reference, "context")),
         code_latents: tensor(reference, "code_latents"),
     }
 }
@@ -52,7 +53,7 @@ fn styled_step(codes: &StyleCodesModel<B>, unet: &UNet2DConditionModel<B>, step:
     let [_, _, height, width] = step.sample.dims();
     let condition = condition(codes, step.code_latents.clone(), scale);
     let features = condition.features(unet, [height, width]);
-    codes.control.forward(unet, step.sample.clone(), step.timesteps.clone(), step.context.clone(), features, scale)
+    codes.control.forward(unet, step.sample.clone(), step.timesteps.clone(), &step.context, features, scale)
 }
 
 fn condition(codes: &StyleCodesModel<B>, latents: Tensor<B, 2>, scale: f64) -> StyleCondition<'_, B> {
@@ -60,7 +61,7 @@ fn condition(codes: &StyleCodesModel<B>, latents: Tensor<B, 2>, scale: f64) -> S
 }
 
 fn plain_step(unet: &UNet2DConditionModel<B>, step: &Step) -> Tensor<B, 4> {
-    unet.forward(step.sample.clone(), step.timesteps.clone(), step.context.clone())
+    unet.forward(step.sample.clone(), step.timesteps.clone(), &step.context)
 }
 
 #[test]
@@ -120,7 +121,7 @@ fn styled_ddim_loop_matches() {
     let error = assert_close("styled loop latents", latents, expected.clone());
     println!("styled 3-step DDIM loop: max relative error {error:e}");
     // Without the style the loop ends elsewhere.
-    let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
+    let predict = |x, t, ctx| sd.unet.forward(x, t, &ctx);
     let plain = sd.denoise(noise, &context, &settings, &mut [], predict, |_, _| ControlFlow::Continue(())).unwrap();
     assert!(relative_error("plain loop vs styled", plain, expected) > 0.05);
 }

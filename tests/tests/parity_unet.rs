@@ -4,6 +4,7 @@
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn_stylecode::sd::diffusers_weights;
+use burn_stylecode::sd::text_context::TextContext;
 use burn_stylecode::sd::unet_2d::{UNet2DConditionModel, UNetConfig};
 use burn_stylecode::sd::unet_2d_blocks::UpSubBlocks;
 use burn_stylecode::sd::unet_hook::Residuals;
@@ -32,7 +33,7 @@ struct Inputs {
     sample: Tensor<TestBackend, 4>,
     sample_odd: Tensor<TestBackend, 4>,
     timesteps: Tensor<TestBackend, 1>,
-    context: Tensor<TestBackend, 3>,
+    context: TextContext<TestBackend>,
 }
 
 fn inputs(reference: &TensorFile) -> Inputs {
@@ -40,7 +41,7 @@ fn inputs(reference: &TensorFile) -> Inputs {
         sample: tensor(reference, "sample"),
         sample_odd: tensor(reference, "sample_odd"),
         timesteps: tensor(reference, "timesteps"),
-        context: tensor(reference, "context"),
+        context: TextContext::new(tensor(reference, "context")),
     }
 }
 
@@ -53,7 +54,7 @@ fn noise_prediction_matches_diffusers() {
     let reference = reference("sd15_unet.safetensors");
     let x = inputs(&reference);
     let unet = tiny_unet();
-    let noise = unet.forward(x.sample, x.timesteps, x.context);
+    let noise = unet.forward(x.sample, x.timesteps, &x.context);
     report("noise", assert_close("noise", noise, tensor(&reference, "noise")));
 }
 
@@ -61,7 +62,7 @@ fn noise_prediction_matches_diffusers() {
 fn odd_non_square_latents_match_diffusers() {
     let reference = reference("sd15_unet.safetensors");
     let x = inputs(&reference);
-    let noise = tiny_unet().forward(x.sample_odd, x.timesteps, x.context);
+    let noise = tiny_unet().forward(x.sample_odd, x.timesteps, &x.context);
     assert_eq!(noise.dims(), [2, 4, 9, 7]);
     report("noise_odd", assert_close("noise_odd", noise, tensor(&reference, "noise_odd")));
 }
@@ -118,7 +119,7 @@ fn sub_block_api_matches_diffusers_and_forward() {
         h = unet.up_sub_block(i, Tensor::cat(vec![h, skip], 1), &temb, &context, size);
     }
     let by_hand = unet.head(h);
-    let forward = unet.forward(x.sample, x.timesteps, x.context);
+    let forward = unet.forward(x.sample, x.timesteps, &x.context);
     let same = by_hand.clone().equal(forward).all().into_scalar();
     assert!(same, "sub-block driving differs from forward");
     assert_close("noise by sub-blocks", by_hand, tensor(&reference, "noise"));
@@ -171,9 +172,9 @@ fn linear_projection_matches_diffusers() {
     let reference_in = reference("sd15_unet.safetensors");
     let reference_out = reference("sd15_unet_linear_proj.safetensors");
     let x = inputs(&reference_in);
-    let noise = unet.forward(x.sample, x.timesteps.clone(), x.context.clone());
+    let noise = unet.forward(x.sample, x.timesteps.clone(), &x.context);
     report("linear noise", assert_close("linear noise", noise, tensor(&reference_out, "noise")));
-    let noise_odd = unet.forward(x.sample_odd, x.timesteps, x.context);
+    let noise_odd = unet.forward(x.sample_odd, x.timesteps, &x.context);
     report("linear noise_odd", assert_close("linear noise_odd", noise_odd, tensor(&reference_out, "noise_odd")));
 
     // The conv-shaped file does not load as linear projections.
@@ -292,7 +293,7 @@ fn gradients_flow_through_autodiff() {
     let sample = Tensor::<Ad, 4>::from_data(on_ad("sample_odd"), &device());
     let timesteps = Tensor::<Ad, 1>::from_data(tensor::<1>(&reference, "timesteps").into_data(), &device());
     let context = Tensor::<Ad, 3>::from_data(tensor::<3>(&reference, "context").into_data(), &device());
-    let loss = unet.forward(sample, timesteps, context).powf_scalar(2.0).mean();
+    let loss = unet.forward(sample, timesteps, &TextContext::new(context)).powf_scalar(2.0).mean();
     let grads = loss.backward();
 
     let block = &unet.up_blocks[1].attentions[0].transformer_blocks[0];

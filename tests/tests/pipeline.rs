@@ -32,7 +32,7 @@ fn whole_pipeline_matches_diffusers() {
     let [_, _, h, w] = noise.dims();
     assert_eq!([h, w], [settings.height / sd.vae_scale_factor(), settings.width / sd.vae_scale_factor()]);
     let mut steps = Vec::new();
-    let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
+    let predict = |x, t, ctx| sd.unet.forward(x, t, &ctx);
     let on_step = |done, total| {
         steps.push((done, total));
         ControlFlow::Continue(())
@@ -90,7 +90,7 @@ fn generate_is_deterministic_per_seed() {
     assert_ne!(first[1], other[1], "another seed, another image");
 
     // The latents behind them are the VAE's size: 1/2 here, 1/8 in SD1.5.
-    let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
+    let predict = |x, t, ctx| sd.unet.forward(x, t, &ctx);
     let latents =
         sd.generate_latents(&prompts[..1], &negatives[..1], &[7], &settings, predict, |_, _| ControlFlow::Continue(()));
     assert_eq!(latents.unwrap().dims(), [1, 4, 12, 8]);

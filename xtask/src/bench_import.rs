@@ -14,6 +14,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn_stylecode::import::{expected, sd15_from_single_file, ImportOptions, Sd15Configs, WeightDtype};
 use burn_stylecode::sd::pipeline::StableDiffusion;
+use burn_stylecode::sd::text_context::TextContext;
 use burn_stylecode::sd::{clip::ClipTextConfig, unet_2d::UNetConfig, vae::VaeConfig};
 use burn_stylecode::weights::safetensors::TensorFile;
 use burn_stylecode::weights::JsonConfig;
@@ -189,9 +190,9 @@ pub fn run(args: &BenchImportArgs) -> Result<()> {
             let step = || {
                 let start = Instant::now();
                 let sample = Tensor::<Flex, 4>::zeros([1, 4, 8, 8], (&device, dtype));
-                let context = Tensor::<Flex, 3>::zeros([1, 77, 768], (&device, dtype));
+                let context = TextContext::new(Tensor::<Flex, 3>::zeros([1, 77, 768], (&device, dtype)));
                 let timestep = Tensor::<Flex, 1>::from_data(TensorData::new(vec![500f32], [1]), (&device, dtype));
-                model.unet.forward(sample, timestep, context).into_data();
+                model.unet.forward(sample, timestep, &context).into_data();
                 seconds(start)
             };
             steps.push((step(), step()));

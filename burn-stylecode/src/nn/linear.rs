@@ -52,6 +52,20 @@ const MAX_SKINNY_ROWS_PER_SAMPLE: usize = 16;
 /// alike.
 const MAX_SPLIT_ROWS: usize = 1024;
 
+/// `x` [rows, in] with zero rows appended up to [`MIN_GEMM_ROWS`]: gemm
+/// takes other paths (gemv; another k-blocking) for ≤ 64 rows, so padded,
+/// every row sums in the same order in any batch.
+fn padded_to_gemm_rows<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let [rows, d_input] = x.dims();
+    match MIN_GEMM_ROWS.saturating_sub(rows) {
+        0 => x,
+        padding => {
+            let zeros = Tensor::zeros([padding, d_input], (&x.device(), x.dtype()));
+            Tensor::cat(vec![x, zeros], 0)
+        }
+    }
+}
+
 /// `y = x Wᵀ + b` over the last axis, with `W` stored `[out, in]`.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
@@ -86,16 +100,9 @@ impl<B: Backend> Linear<B> {
             );
             crate::nn::cpu::from_values(values, [rows, d_output])
         } else if crate::nn::cpu::runs_here(&x) && crate::nn::cpu::runs_here(&weight) && rows <= MAX_SPLIT_ROWS {
-            // Padded to MIN_GEMM_ROWS like the generic path below, for the same reason.
             let [d_output, _] = weight.dims();
-            let padded = rows.max(MIN_GEMM_ROWS);
-            let x = match padded - rows {
-                0 => x,
-                padding => {
-                    let zeros = Tensor::zeros([padding, d_input], (&x.device(), x.dtype()));
-                    Tensor::cat(vec![x, zeros], 0)
-                }
-            };
+            let x = padded_to_gemm_rows(x);
+            let padded = x.dims()[0];
             let (x, weight) = (crate::nn::cpu::to_flex(x), crate::nn::cpu::to_flex(weight));
             let mut values = crate::nn::cpu::split_gemm::rows_times_transposed(
                 crate::nn::cpu::values(&x),
@@ -107,10 +114,7 @@ impl<B: Backend> Linear<B> {
             values.truncate(rows * d_output);
             crate::nn::cpu::from_values(values, [rows, d_output])
         } else if crate::nn::cpu::is_flex::<B>() && rows < MIN_GEMM_ROWS {
-            // gemm takes other paths (gemv; another k-blocking) for ≤ 64
-            // rows: padded, every row sums in the same order in any batch.
-            let padding = Tensor::zeros([MIN_GEMM_ROWS - rows, d_input], (&x.device(), x.dtype()));
-            Tensor::cat(vec![x, padding], 0).matmul(weight.transpose()).narrow(0, 0, rows)
+            padded_to_gemm_rows(x).matmul(weight.transpose()).narrow(0, 0, rows)
         } else {
             x.matmul(weight.transpose())
         };

@@ -10,8 +10,9 @@
 //! (~5 × c₀ at full latent size) beside the feed-forward's 8 × c₀ and a few
 //! c₀-wide resnet tensors; the VAE's last up block holds ~12 × c₀ at full
 //! image size. Attention scores are held in blocks of at most 64 MiB
-//! (`nn::attention`). Measured SD1.5 peaks are below these figures: the
-//! estimate errs on the side of refusing.
+//! (`nn::attention`). The cross-attention keys and values of the prompts
+//! are kept through the denoising loop (`sd::text_context`). Measured SD1.5
+//! peaks are below these figures: the estimate errs on the side of refusing.
 
 use crate::error::{Error, Result};
 use crate::sd::diffusers_weights;
@@ -27,6 +28,8 @@ const UNET_PER_LATENT_PIXEL: u64 = 20;
 const CONTROL_SHARE: f64 = 0.5;
 /// VAE decoder activation elements per image pixel and image, in units of its c₀.
 const VAE_PER_PIXEL: u64 = 12;
+/// Text tokens per prompt: CLIP's context length in SD1.5.
+const TEXT_TOKENS: u64 = 77;
 /// Attention score blocks and other fixed buffers.
 const FIXED: u64 = 256 << 20;
 
@@ -35,12 +38,16 @@ const FIXED: u64 = 256 << 20;
 pub struct MemoryEstimate {
     pub weights: u64,
     pub activations: u64,
+    /// The prompts' cross-attention keys and values, kept for all the steps.
+    pub text_keys_values: u64,
     pub images: u64,
 }
 
 impl MemoryEstimate {
     pub fn total(&self) -> u64 {
-        self.weights.saturating_add(self.activations).saturating_add(self.images).saturating_add(FIXED)
+        [self.weights, self.activations, self.text_keys_values, self.images, FIXED]
+            .into_iter()
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -64,6 +71,20 @@ pub fn tensor_elements(path: &Path) -> Result<u64> {
     Ok(keys.iter().filter_map(|k| file.shape(k)).map(|shape| shape.iter().map(|&d| d as u64).product::<u64>()).sum())
 }
 
+/// Outputs of every cross-attention key and value projection in the
+/// safetensors file `path` (`…attn2.to_k.weight`, `…attn2.to_v.weight`):
+/// one text token's keys and values over all the layers.
+fn cross_attention_outputs(path: &Path) -> Result<u64> {
+    let file = TensorFile::open(path)?;
+    let keys: Vec<&str> = file.keys().collect();
+    Ok(keys
+        .iter()
+        .filter(|key| key.ends_with("attn2.to_k.weight") || key.ends_with("attn2.to_v.weight"))
+        .filter_map(|key| file.shape(key))
+        .map(|shape| shape.first().map_or(0, |&rows| rows as u64))
+        .sum())
+}
+
 /// Estimates a generation over the SD1.5 folder `sd15` (and, when styled,
 /// the StyleCodes weights file `style_weights`), with weights in `dtype`.
 pub fn estimate(
@@ -74,11 +95,14 @@ pub fn estimate(
 ) -> Result<MemoryEstimate> {
     let unet = UNetConfig::from_file(&sd15.join("unet").join("config.json"))?;
     let vae = VaeConfig::from_file(&sd15.join("vae").join("config.json"))?;
-    let mut parameters = tensor_elements(&diffusers_weights(&sd15.join("unet"))?)?
+    let unet_weights = diffusers_weights(&sd15.join("unet"))?;
+    let mut parameters = tensor_elements(&unet_weights)?
         + tensor_elements(&diffusers_weights(&sd15.join("vae"))?)?
         + tensor_elements(&sd15.join("text_encoder").join("model.safetensors"))?;
+    let mut key_value_outputs = cross_attention_outputs(&unet_weights)?;
     if let Some(path) = style_weights.filter(|_| shape.styled) {
         parameters += tensor_elements(path)?;
+        key_value_outputs += cross_attention_outputs(path)?;
     }
     let bytes = dtype.size() as u64;
     // diffusers' `vae_scale_factor`: 2 per VAE block after the first.
@@ -97,6 +121,7 @@ pub fn estimate(
     Ok(MemoryEstimate {
         weights: parameters.saturating_mul(bytes),
         activations: unet_activations.max(vae_activations).saturating_mul(bytes),
+        text_keys_values: copies.saturating_mul(TEXT_TOKENS).saturating_mul(key_value_outputs).saturating_mul(bytes),
         // The decoded f32 pixels read back, and the 8-bit images.
         images: (width * height * 3).saturating_mul(batch).saturating_mul(4 + 1),
     })
@@ -147,10 +172,11 @@ pub fn check(estimate: &MemoryEstimate, shape: &GenerationShape, limit: Option<(
     Err(Error::OutOfMemory {
         request: format!("{} image(s) of {}x{} in one batch", shape.batch, shape.width, shape.height),
         estimate: format!(
-            "{} ({} weights, {} activations, {} images)",
+            "{} ({} weights, {} activations, {} text keys and values, {} images)",
             human_bytes(estimate.total()),
             human_bytes(estimate.weights),
             human_bytes(estimate.activations),
+            human_bytes(estimate.text_keys_values),
             human_bytes(estimate.images)
         ),
         limit: format!("{} ({source})", human_bytes(limit)),
@@ -214,11 +240,14 @@ mod tests {
 
     #[test]
     fn over_the_limit_is_refused_with_every_figure() {
-        let estimate = MemoryEstimate { weights: 1 << 30, activations: 2 << 30, images: 0 };
+        let estimate = MemoryEstimate { weights: 1 << 30, activations: 2 << 30, text_keys_values: 1 << 20, images: 0 };
         let shape = GenerationShape { width: 1024, height: 768, batch: 2, guided: true, styled: false };
         let error = check(&estimate, &shape, Some((1 << 30, "the --max-memory limit"))).unwrap_err().to_string();
         assert!(error.contains("2 image(s) of 1024x768"), "{error}");
-        assert!(error.contains("3.2 GiB (1.0 GiB weights, 2.0 GiB activations"), "{error}");
+        assert!(
+            error.contains("3.2 GiB (1.0 GiB weights, 2.0 GiB activations, 1.0 MiB text keys and values"),
+            "{error}"
+        );
         assert!(error.contains("1.0 GiB (the --max-memory limit)"), "{error}");
         assert!(check(&estimate, &shape, Some((4 << 30, "the --max-memory limit"))).is_ok());
         assert!(check(&estimate, &shape, None).is_ok());

@@ -389,7 +389,7 @@ impl<B: Backend> StyleCodes<B> {
             sd.generate_latents_from(init.as_ref(), &prompts, &negatives, &seeds, &sd_settings, predict, on_step)?
         } else {
             codes.resize(specs.len(), None);
-            let predict = |x, t, ctx| sd.unet.forward(x, t, ctx);
+            let predict = |x, t, ctx| sd.unet.forward(x, t, &ctx);
             sd.generate_latents_from(init.as_ref(), &prompts, &negatives, &seeds, &sd_settings, predict, on_step)?
         };
 

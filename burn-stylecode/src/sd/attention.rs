@@ -12,6 +12,7 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 
 use super::resnet::conv1x1;
+use super::text_context::TextContext;
 
 /// Shape of an [`Attention`].
 #[derive(Config, Debug)]
@@ -62,12 +63,14 @@ pub struct Attention<B: Backend> {
 
 impl<B: Backend> Attention<B> {
     /// `x` [B, L, query_dim] attends over `context` [B, Lc, cross_dim]
-    /// (cross-attention) or over itself (`None`) → [B, L, query_dim].
-    pub fn forward(&self, x: Tensor<B, 3>, context: Option<&Tensor<B, 3>>) -> Tensor<B, 3> {
+    /// (cross-attention, its keys and values computed once per context) or
+    /// over itself (`None`) → [B, L, query_dim].
+    pub fn forward(&self, x: Tensor<B, 3>, context: Option<&TextContext<B>>) -> Tensor<B, 3> {
         let q = self.to_q.forward(x.clone());
-        let source = context.cloned().unwrap_or(x);
-        let k = self.to_k.forward(source.clone());
-        let v = self.to_v.forward(source);
+        let [k, v] = match context {
+            Some(context) => context.keys_values(self),
+            None => [self.to_k.forward(x.clone()), self.to_v.forward(x)],
+        };
         self.to_out.forward(attend(q, k, v, self.heads, false))
     }
 
@@ -156,7 +159,7 @@ pub struct BasicTransformerBlock<B: Backend> {
 
 impl<B: Backend> BasicTransformerBlock<B> {
     /// `x` [B, L, dim], `context` [B, Lc, cross_attention_dim].
-    pub fn forward(&self, x: Tensor<B, 3>, context: &Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, context: &TextContext<B>) -> Tensor<B, 3> {
         let x = x.clone() + self.attn1.forward(self.norm1.forward(x), None);
         let x = x.clone() + self.attn2.forward(self.norm2.forward(x), Some(context));
         x.clone() + self.ff.forward(self.norm3.forward(x))
@@ -222,7 +225,7 @@ pub struct Transformer2DModel<B: Backend> {
 
 impl<B: Backend> Transformer2DModel<B> {
     /// `x` [B, C, H, W], `context` [B, Lc, cross_attention_dim] → [B, C, H, W].
-    pub fn forward(&self, x: Tensor<B, 4>, context: &Tensor<B, 3>) -> Tensor<B, 4> {
+    pub fn forward(&self, x: Tensor<B, 4>, context: &TextContext<B>) -> Tensor<B, 4> {
         let [_, channels, height, width] = x.dims();
         let h = self.norm.forward(x.clone());
         let tokens = match &self.proj_in {

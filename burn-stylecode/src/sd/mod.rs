@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod preview;
 pub mod resnet;
 pub mod schedulers;
+pub mod text_context;
 pub mod tokenizer;
 pub mod unet_2d;
 pub mod unet_2d_blocks;

@@ -9,6 +9,7 @@ use super::clip::{ClipTextConfig, ClipTextTransformer};
 use super::clip_keys::text_prefix;
 use super::lora::{merge_patch, Component, Lora, LoraKeyTable, LoraSpec};
 use super::schedulers::{build_scheduler, SchedulerConfig, SchedulerKind};
+use super::text_context::TextContext;
 use super::tokenizer::ClipTokenizer;
 use super::unet_2d::{UNet2DConditionModel, UNetConfig};
 use super::unet_keys::diffusers_weights;
@@ -194,7 +195,12 @@ impl<B: Backend> StableDiffusion<B> {
     }
 
     /// The UNet's text context: [cond(B); uncond(B)] with guidance, else [cond(B)].
-    pub fn text_context(&self, prompts: &[String], negatives: &[String], settings: &Settings) -> Result<Tensor<B, 3>> {
+    pub fn text_context(
+        &self,
+        prompts: &[String],
+        negatives: &[String],
+        settings: &Settings,
+    ) -> Result<TextContext<B>> {
         let mut texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
         if settings.guided() {
             texts.extend(negatives.iter().map(String::as_str));
@@ -203,7 +209,7 @@ impl<B: Backend> StableDiffusion<B> {
         let len = self.tokenizer.max_length();
         let flat: Vec<i64> = ids.iter().flatten().map(|&id| i64::from(id)).collect();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [texts.len(), len]), &self.device);
-        Ok(self.text_encoder.forward(ids).last_hidden_state)
+        Ok(TextContext::new(self.text_encoder.forward(ids).last_hidden_state))
     }
 
     /// Initial latents [B, 4, H/f, W/f] (f = [`vae_scale_factor`](Self::vae_scale_factor)),
@@ -245,10 +251,10 @@ impl<B: Backend> StableDiffusion<B> {
     pub fn denoise(
         &self,
         noise: Tensor<B, 4>,
-        context: &Tensor<B, 3>,
+        context: &TextContext<B>,
         settings: &Settings,
         sources: &mut [NoiseSource],
-        predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
+        predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, TextContext<B>) -> Tensor<B, 4>,
         mut on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor<B, 4>> {
         let on_step = |done, total, _: &Tensor<B, 4>| on_step(done, total);
@@ -266,10 +272,10 @@ impl<B: Backend> StableDiffusion<B> {
         &self,
         init: Option<InitLatents<B>>,
         noise: Tensor<B, 4>,
-        context: &Tensor<B, 3>,
+        context: &TextContext<B>,
         settings: &Settings,
         sources: &mut [NoiseSource],
-        mut predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
+        mut predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, TextContext<B>) -> Tensor<B, 4>,
         mut on_step: impl FnMut(usize, usize, &Tensor<B, 4>) -> ControlFlow<()>,
     ) -> Result<Tensor<B, 4>> {
         let mut scheduler =
@@ -349,7 +355,7 @@ impl<B: Backend> StableDiffusion<B> {
         settings: &Settings,
         on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Vec<RgbImage>> {
-        let predict = |x, t, ctx| self.unet.forward(x, t, ctx);
+        let predict = |x, t, ctx| self.unet.forward(x, t, &ctx);
         let latents = self.generate_latents(prompts, negatives, seeds, settings, predict, on_step)?;
         self.decode(latents)
     }
@@ -362,7 +368,7 @@ impl<B: Backend> StableDiffusion<B> {
         negatives: &[String],
         seeds: &[u64],
         settings: &Settings,
-        predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
+        predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, TextContext<B>) -> Tensor<B, 4>,
         mut on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<Tensor<B, 4>> {
         let on_step = |done, total, _: &Tensor<B, 4>| on_step(done, total);
@@ -382,7 +388,7 @@ impl<B: Backend> StableDiffusion<B> {
         negatives: &[String],
         seeds: &[u64],
         settings: &Settings,
-        predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4>,
+        predict: impl FnMut(Tensor<B, 4>, Tensor<B, 1>, TextContext<B>) -> Tensor<B, 4>,
         on_step: impl FnMut(usize, usize, &Tensor<B, 4>) -> ControlFlow<()>,
     ) -> Result<Tensor<B, 4>> {
         settings.validate()?;

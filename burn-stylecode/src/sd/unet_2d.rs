@@ -14,6 +14,7 @@
 
 use super::embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, Timesteps, TimestepsConfig};
 use super::resnet::conv_same;
+use super::text_context::TextContext;
 use super::unet_2d_blocks::{
     CrossAttentionConfig, DownBlock2D, DownBlock2DConfig, DownSubBlocks, MidBlock2DCrossAttn,
     MidBlock2DCrossAttnConfig, ResnetSettings, UpBlock2D, UpBlock2DConfig, UpSubBlocks,
@@ -433,7 +434,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         i: usize,
         h: Tensor<B, 4>,
         temb: &Tensor<B, 2>,
-        context: &Tensor<B, 3>,
+        context: &TextContext<B>,
     ) -> Tensor<B, 4> {
         self.down_blocks.sub_block(i, h, Some(temb), Some(context))
     }
@@ -452,7 +453,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         channels
     }
 
-    pub fn mid_block(&self, h: Tensor<B, 4>, temb: &Tensor<B, 2>, context: &Tensor<B, 3>) -> Tensor<B, 4> {
+    pub fn mid_block(&self, h: Tensor<B, 4>, temb: &Tensor<B, 2>, context: &TextContext<B>) -> Tensor<B, 4> {
         self.mid_block.forward(h, temb, context)
     }
 
@@ -474,7 +475,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         i: usize,
         h_and_skip: Tensor<B, 4>,
         temb: &Tensor<B, 2>,
-        context: &Tensor<B, 3>,
+        context: &TextContext<B>,
         upsample_to: Option<[usize; 2]>,
     ) -> Tensor<B, 4> {
         self.up_blocks.sub_block(i, h_and_skip, temb, context, upsample_to)
@@ -487,9 +488,11 @@ impl<B: Backend> UNet2DConditionModel<B> {
 
     /// Predicted noise for `sample` [B, 4, H, W] at `timesteps` (`[B]`, or
     /// `[1]` for the whole batch) given the text `context` [B, L, D].
-    /// Any H, W ≥ 1 works: upsamplers scale to the skips' sizes.
-    pub fn forward(&self, sample: Tensor<B, 4>, timesteps: Tensor<B, 1>, context: Tensor<B, 3>) -> Tensor<B, 4> {
-        self.forward_with_hook(sample, timesteps, &context, &mut NoHook)
+    /// Any H, W ≥ 1 works: upsamplers scale to the skips' sizes. The
+    /// context's cross-attention keys and values are computed on its first
+    /// step and kept for the next ones.
+    pub fn forward(&self, sample: Tensor<B, 4>, timesteps: Tensor<B, 1>, context: &TextContext<B>) -> Tensor<B, 4> {
+        self.forward_with_hook(sample, timesteps, context, &mut NoHook)
     }
 
     /// [`forward`](Self::forward) with `hook` called at each skip, after the
@@ -498,7 +501,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         &self,
         sample: Tensor<B, 4>,
         timesteps: Tensor<B, 1>,
-        context: &Tensor<B, 3>,
+        context: &TextContext<B>,
         hook: &mut impl UNetHook<B>,
     ) -> Tensor<B, 4> {
         self.up_path(self.down_path(sample, timesteps, context), context, hook)
@@ -507,7 +510,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
     /// The time embedding, `conv_in`, the down blocks and the mid block:
     /// everything before the first hook point. (Training runs it on the
     /// inner backend, without a tape, and lifts the result.)
-    pub fn down_path(&self, sample: Tensor<B, 4>, timesteps: Tensor<B, 1>, context: &Tensor<B, 3>) -> DownPath<B> {
+    pub fn down_path(&self, sample: Tensor<B, 4>, timesteps: Tensor<B, 1>, context: &TextContext<B>) -> DownPath<B> {
         let temb = self.batch_time_embedding(timesteps, sample.dims()[0]);
         let mut h = self.conv_in(sample);
         let mut skips = Vec::with_capacity(self.down_sub_block_count() + 1);
@@ -522,7 +525,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
 
     /// The hook points and the up blocks, from a [`down_path`](Self::down_path):
     /// → predicted noise.
-    pub fn up_path(&self, down: DownPath<B>, context: &Tensor<B, 3>, hook: &mut impl UNetHook<B>) -> Tensor<B, 4> {
+    pub fn up_path(&self, down: DownPath<B>, context: &TextContext<B>, hook: &mut impl UNetHook<B>) -> Tensor<B, 4> {
         let DownPath { mid, skips, temb } = down;
         let inputs = HookInputs { temb: &temb, context };
         let mut skips: Vec<_> = skips.into_iter().enumerate().map(|(i, skip)| hook.skip(i, skip)).collect();

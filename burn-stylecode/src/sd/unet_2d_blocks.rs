@@ -16,6 +16,7 @@ use super::attention::{Attention, AttentionConfig, Transformer2DModel, Transform
 use super::resnet::{
     Downsample2D, Downsample2DConfig, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D, Upsample2DConfig,
 };
+use super::text_context::TextContext;
 use burn::module::Module;
 use burn::prelude::*;
 
@@ -72,7 +73,7 @@ fn resnet_then_attention<B: Backend>(
     attention: Option<&Transformer2DModel<B>>,
     x: Tensor<B, 4>,
     temb: Option<&Tensor<B, 2>>,
-    context: Option<&Tensor<B, 3>>,
+    context: Option<&TextContext<B>>,
 ) -> Tensor<B, 4> {
     then_attention(attention, resnet.forward(x, temb), context)
 }
@@ -81,7 +82,7 @@ fn resnet_then_attention<B: Backend>(
 fn then_attention<B: Backend>(
     attention: Option<&Transformer2DModel<B>>,
     h: Tensor<B, 4>,
-    context: Option<&Tensor<B, 3>>,
+    context: Option<&TextContext<B>>,
 ) -> Tensor<B, 4> {
     match attention {
         Some(attention) => attention.forward(h, context.expect("a cross-attention block needs the text context")),
@@ -149,7 +150,7 @@ impl<B: Backend> DownBlock2D<B> {
         j: usize,
         x: Tensor<B, 4>,
         temb: Option<&Tensor<B, 2>>,
-        context: Option<&Tensor<B, 3>>,
+        context: Option<&TextContext<B>>,
     ) -> Tensor<B, 4> {
         match (self.resnets.get(j), &self.downsampler) {
             (Some(resnet), _) => resnet_then_attention(resnet, self.attentions.get(j), x, temb, context),
@@ -163,7 +164,7 @@ impl<B: Backend> DownBlock2D<B> {
         &self,
         x: Tensor<B, 4>,
         temb: Option<&Tensor<B, 2>>,
-        context: Option<&Tensor<B, 3>>,
+        context: Option<&TextContext<B>>,
     ) -> Tensor<B, 4> {
         (0..self.sub_block_count()).fold(x, |h, j| self.sub_block(j, h, temb, context))
     }
@@ -181,7 +182,7 @@ pub trait DownSubBlocks<B: Backend> {
         i: usize,
         x: Tensor<B, 4>,
         temb: Option<&Tensor<B, 2>>,
-        context: Option<&Tensor<B, 3>>,
+        context: Option<&TextContext<B>>,
     ) -> Tensor<B, 4>;
 }
 
@@ -201,7 +202,7 @@ impl<B: Backend> DownSubBlocks<B> for [DownBlock2D<B>] {
         i: usize,
         x: Tensor<B, 4>,
         temb: Option<&Tensor<B, 2>>,
-        context: Option<&Tensor<B, 3>>,
+        context: Option<&TextContext<B>>,
     ) -> Tensor<B, 4> {
         let (block, j) = self.locate_sub_block(i);
         self[block].sub_block(j, x, temb, context)
@@ -251,7 +252,7 @@ pub struct MidBlock2DCrossAttn<B: Backend> {
 }
 
 impl<B: Backend> MidBlock2DCrossAttn<B> {
-    pub fn forward(&self, x: Tensor<B, 4>, temb: &Tensor<B, 2>, context: &Tensor<B, 3>) -> Tensor<B, 4> {
+    pub fn forward(&self, x: Tensor<B, 4>, temb: &Tensor<B, 2>, context: &TextContext<B>) -> Tensor<B, 4> {
         let (first, rest) = self.resnets.split_first().expect("a mid block has resnets");
         let h = first.forward(x, Some(temb));
         self.attentions
@@ -396,7 +397,7 @@ impl<B: Backend> UpBlock2D<B> {
         j: usize,
         x: Tensor<B, 4>,
         temb: Option<&Tensor<B, 2>>,
-        context: Option<&Tensor<B, 3>>,
+        context: Option<&TextContext<B>>,
         upsample_to: Option<[usize; 2]>,
     ) -> Tensor<B, 4> {
         let h = resnet_then_attention(self.resnet(j), self.attentions.get(j), x, temb, context);
@@ -412,7 +413,7 @@ impl<B: Backend> UpBlock2D<B> {
         head: Tensor<B, 4>,
         zeros: usize,
         temb: Option<&Tensor<B, 2>>,
-        context: Option<&Tensor<B, 3>>,
+        context: Option<&TextContext<B>>,
         upsample_to: Option<[usize; 2]>,
     ) -> Tensor<B, 4> {
         let h = then_attention(self.attentions.get(j), self.resnet(j).forward_zero_tail(head, zeros, temb), context);
@@ -455,7 +456,7 @@ pub trait UpSubBlocks<B: Backend> {
         i: usize,
         x: Tensor<B, 4>,
         temb: &Tensor<B, 2>,
-        context: &Tensor<B, 3>,
+        context: &TextContext<B>,
         upsample_to: Option<[usize; 2]>,
     ) -> Tensor<B, 4>;
 }
@@ -479,7 +480,7 @@ impl<B: Backend> UpSubBlocks<B> for [UpBlock2D<B>] {
         i: usize,
         x: Tensor<B, 4>,
         temb: &Tensor<B, 2>,
-        context: &Tensor<B, 3>,
+        context: &TextContext<B>,
         upsample_to: Option<[usize; 2]>,
     ) -> Tensor<B, 4> {
         let (block, j) = self.locate_sub_block(i);

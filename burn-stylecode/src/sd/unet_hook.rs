@@ -2,6 +2,7 @@
 //! replace the hidden state: the one lock-step loop that the plain UNet,
 //! ControlNet-style residuals and the StyleCodes control branch share.
 
+use super::text_context::TextContext;
 use burn::prelude::*;
 
 /// What a hook sees besides the hidden state.
@@ -9,7 +10,7 @@ pub struct HookInputs<'a, B: Backend> {
     /// The time embedding, [B, time_embed_dim].
     pub temb: &'a Tensor<B, 2>,
     /// The text context, [B, L, D].
-    pub context: &'a Tensor<B, 3>,
+    pub context: &'a TextContext<B>,
 }
 
 /// Where an up sub-block sits: what it consumed and how it scaled.

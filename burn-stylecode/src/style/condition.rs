@@ -3,6 +3,7 @@
 
 use super::autoencoder::AttentionAutoencoder;
 use super::control::{mid_grid, StyleControl};
+use crate::sd::text_context::TextContext;
 use crate::sd::unet_2d::UNet2DConditionModel;
 use burn::prelude::*;
 
@@ -33,7 +34,7 @@ impl<B: Backend> StyleCondition<'_, B> {
         base: &'b UNet2DConditionModel<B>,
         latent_size: [usize; 2],
         guided: bool,
-    ) -> impl FnMut(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) -> Tensor<B, 4> + 'b {
+    ) -> impl FnMut(Tensor<B, 4>, Tensor<B, 1>, TextContext<B>) -> Tensor<B, 4> + 'b {
         let features = self.features(base, latent_size);
         let features = if guided { Tensor::cat(vec![features.clone(), features], 0) } else { features };
         move |sample, timesteps, context| {

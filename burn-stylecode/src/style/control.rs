@@ -11,6 +11,7 @@
 //! control up sub-blocks see zeros where the base sees its skips.
 
 use crate::nn::{in_dtype, Linear, LinearConfig};
+use crate::sd::text_context::TextContext;
 use crate::sd::unet_2d::{PerBlock, UNet2DConditionModel, UNetConfig};
 use crate::sd::unet_2d_blocks::{MidBlock2DCrossAttn, UpBlock2D, UpSubBlocks};
 use crate::sd::unet_hook::{HookInputs, UNetHook, UpStep};
@@ -125,11 +126,11 @@ impl<B: Backend> StyleControl<B> {
         base: &UNet2DConditionModel<B>,
         sample: Tensor<B, 4>,
         timesteps: Tensor<B, 1>,
-        context: Tensor<B, 3>,
+        context: &TextContext<B>,
         style: Tensor<B, 4>,
         scale: f64,
     ) -> Tensor<B, 4> {
-        base.forward_with_hook(sample, timesteps, &context, &mut self.hook(style, scale))
+        base.forward_with_hook(sample, timesteps, context, &mut self.hook(style, scale))
     }
 
     /// The branch as a hook on the base UNet's forward pass.
@@ -151,14 +152,12 @@ pub struct ControlHook<'a, B: Backend> {
     scale: f64,
     /// The base's time embedding and text context in the branch's dtype,
     /// cast once per step.
-    inputs: Option<(Tensor<B, 2>, Tensor<B, 3>)>,
+    inputs: Option<(Tensor<B, 2>, TextContext<B>)>,
 }
 
 impl<B: Backend> ControlHook<'_, B> {
-    fn branch_inputs(&mut self, inputs: &HookInputs<'_, B>, dtype: DType) -> (Tensor<B, 2>, Tensor<B, 3>) {
-        self.inputs
-            .get_or_insert_with(|| (in_dtype(inputs.temb.clone(), dtype), in_dtype(inputs.context.clone(), dtype)))
-            .clone()
+    fn branch_inputs(&mut self, inputs: &HookInputs<'_, B>, dtype: DType) -> (Tensor<B, 2>, TextContext<B>) {
+        self.inputs.get_or_insert_with(|| (in_dtype(inputs.temb.clone(), dtype), inputs.context.cast(dtype))).clone()
     }
 }
 
@@ -294,7 +293,7 @@ mod tests {
         control: StyleControl<B>,
         sample: Tensor<B, 4>,
         timesteps: Tensor<B, 1>,
-        context: Tensor<B, 3>,
+        context: TextContext<B>,
         style: Tensor<B, 4>,
     }
 
@@ -308,7 +307,7 @@ mod tests {
             Case {
                 sample: random([batch, 4, height, width]),
                 timesteps: Tensor::from_floats([500.0], &device),
-                context: random([batch, 5, 16]),
+                context: TextContext::new(random([batch, 5, 16])),
                 style: random([batch, 20, mid_h, mid_w]),
                 base,
                 control,
@@ -323,7 +322,7 @@ mod tests {
                     ZeroSkipHook { control: &self.control, style: Some(self.style.clone()), h_ctrl: None, scale: 0.7 };
                 self.base.forward_with_hook(sample, timesteps, context, &mut hook)
             } else {
-                self.control.forward(&self.base, sample, timesteps, context.clone(), self.style.clone(), 0.7)
+                self.control.forward(&self.base, sample, timesteps, context, self.style.clone(), 0.7)
             }
         }
     }

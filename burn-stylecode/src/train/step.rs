@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::WeightsDir;
 use crate::sd::pipeline::StableDiffusion;
 use crate::sd::schedulers::{train_alphas_cumprod, PredictionType, SchedulerConfig};
+use crate::sd::text_context::TextContext;
 use crate::sd::unet_2d::{DownPath, UNet2DConditionModel};
 use crate::siglip::SiglipVisionTransformer;
 use crate::style::autoencoder::straight_through;
@@ -220,7 +221,7 @@ pub fn loss<B: AutodiffBackend>(
         &device,
     )
     .cast(half);
-    let down = base.inner.down_path(noisy.cast(half), t, &context);
+    let down = base.inner.down_path(noisy.cast(half), t, &TextContext::new(context.clone()));
 
     // Trainable, on the tape.
     let latent = model.autoencoder.encode(Tensor::from_inner(batch.style_features.clone().cast(master)));
@@ -228,7 +229,7 @@ pub fn loss<B: AutodiffBackend>(
     let latent = straight_through(latent) * keep.cast(master);
     let [grid_h, grid_w] = mid_grid(base.unet(), [height, width]);
     let style = model.autoencoder.decode(latent, grid_h, grid_w);
-    let context = Tensor::from_inner(context);
+    let context = TextContext::new(Tensor::from_inner(context));
     let down = DownPath {
         mid: Tensor::from_inner(down.mid),
         skips: down.skips.into_iter().map(Tensor::from_inner).collect(),

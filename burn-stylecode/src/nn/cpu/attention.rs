@@ -8,8 +8,9 @@
 //! [B, L, D] output, each row divided by its sum. No head split or merge is
 //! copied: the heads are column ranges of the projected tokens.
 
+use super::matmul::{multiply, Strided};
 use super::{simd::exp_rows, SharedMut};
-use gemm::{gemm, Parallelism};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Query rows per task: its score block (rows × Lk) stays in cache-sized
@@ -43,7 +44,6 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape) -> Vec<
     }
     let blocks = len_q.div_ceil(ROWS);
     let out_ptr = SharedMut::new(&mut out);
-    let d = d_model as isize;
     (0..batch * heads * blocks).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
         |(scores, sums): &mut (Vec<f32>, Vec<f32>), task| {
@@ -61,48 +61,24 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape) -> Vec<
             // task alone writes out's rows start..start+rows, columns of head h.
             unsafe {
                 // scores[i, j] = scale · Σ_c q[b, start+i, h·dh+c] · k[b, j, h·dh+c]
-                gemm(
-                    rows,
-                    len_k,
-                    head_dim,
-                    scores.as_mut_ptr(),
-                    1,
-                    len_k as isize,
+                multiply(
+                    [rows, len_k, head_dim],
+                    Strided::rows(scores.as_mut_ptr(), len_k),
+                    Strided::rows(q.as_ptr().add(q_at), d_model),
+                    Strided::columns(k.as_ptr().add(kv_at), d_model),
                     false,
-                    q.as_ptr().add(q_at),
-                    1,
-                    d,
-                    k.as_ptr().add(kv_at),
-                    d,
-                    1,
-                    0.0,
                     scale,
-                    false,
-                    false,
-                    false,
                     Parallelism::None,
                 );
                 exp_rows(scores, len_k, sums);
                 let out_block = out_ptr.get().add(out_at);
-                gemm(
-                    rows,
-                    head_dim,
-                    len_k,
-                    out_block,
-                    1,
-                    d,
+                multiply(
+                    [rows, head_dim, len_k],
+                    Strided::rows(out_block, d_model),
+                    Strided::rows(scores.as_ptr(), len_k),
+                    Strided::rows(v.as_ptr().add(kv_at), d_model),
                     false,
-                    scores.as_ptr(),
-                    1,
-                    len_k as isize,
-                    v.as_ptr().add(kv_at),
-                    1,
-                    d,
-                    0.0,
                     1.0,
-                    false,
-                    false,
-                    false,
                     Parallelism::None,
                 );
                 for (i, sum) in sums.iter().enumerate() {

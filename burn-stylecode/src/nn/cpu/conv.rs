@@ -11,8 +11,9 @@
 //! outputs of a few pixels per image to [`super::skinny`] (one pass over
 //! the weight for the whole batch).
 
+use super::matmul::{self, Strided};
 use super::SharedMut;
-use gemm::{gemm, Parallelism};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Column-matrix elements per block (16 MiB in f32): bounds the extra
@@ -203,25 +204,13 @@ pub(super) fn multiply(
     let out = SharedMut::new(out);
     // SAFETY: the extents are checked above; gemm writes only out's m × n window.
     unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            out.get(),
-            1,
-            out_stride as isize,
+        matmul::multiply(
+            [m, n, k],
+            Strided::rows(out.get(), out_stride),
+            Strided::rows(lhs.as_ptr(), k),
+            Strided::rows(rhs.as_ptr(), rhs_stride),
             accumulate,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs.as_ptr(),
-            1,
-            rhs_stride as isize,
             1.0,
-            1.0,
-            false,
-            false,
-            false,
             Parallelism::Rayon(0),
         );
     }

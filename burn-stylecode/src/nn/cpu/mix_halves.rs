@@ -9,7 +9,8 @@
 //! inputs, `W[half, a's columns] · a + W[half, b's columns] · b`, written in
 //! place.
 
-use gemm::{gemm, Parallelism};
+use super::matmul::{multiply, Strided};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// The sizes of a [`mix_halves`] call.
@@ -64,25 +65,13 @@ pub fn mix_halves(
                 // SAFETY: dst is [C, pixels] and rhs [C, pixels], both
                 // contiguous; lhs spans (C − 1)·2C + C ≤ its length values.
                 unsafe {
-                    gemm(
-                        channels,
-                        pixels,
-                        channels,
-                        dst.as_mut_ptr(),
-                        1,
-                        pixels as isize,
+                    multiply(
+                        [channels, pixels, channels],
+                        Strided::rows(dst.as_mut_ptr(), pixels),
+                        Strided::rows(lhs.as_ptr(), width),
+                        Strided::rows(rhs.as_ptr(), pixels),
                         true,
-                        lhs.as_ptr(),
-                        1,
-                        width as isize,
-                        rhs.as_ptr(),
-                        1,
-                        pixels as isize,
                         1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
                         Parallelism::Rayon(0),
                     );
                 }

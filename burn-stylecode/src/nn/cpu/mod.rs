@@ -12,6 +12,7 @@ pub mod geglu;
 pub mod gelu;
 pub mod group_norm;
 pub mod layout;
+mod matmul;
 pub mod mix_halves;
 mod simd;
 pub mod skinny;

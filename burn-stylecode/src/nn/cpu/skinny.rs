@@ -13,6 +13,7 @@
 //! reduction, then the k remainder) whatever the number of rows and their
 //! place in the blocks, so a row's result does not depend on its batch.
 
+use super::SharedMut;
 use rayon::prelude::*;
 
 /// Lanes of the k-loop (one AVX-512 register, two AVX2 ones).
@@ -33,22 +34,20 @@ const TASK_ROWS: usize = 32;
 pub fn rows_times_transposed(x: &[f32], rows: usize, weight: &[f32], n: usize, k: usize) -> Vec<f32> {
     assert_eq!(x.len(), rows * k, "x is not [{rows}, {k}]");
     assert_eq!(weight.len(), n * k, "the weight is not [{n}, {k}]");
-    // Computed as [n, rows] (each task owns whole weight rows), then transposed.
-    let mut by_weight_row = vec![0f32; n * rows];
-    if rows == 0 || n == 0 {
-        return by_weight_row;
-    }
-    by_weight_row.par_chunks_mut(TASK_ROWS * rows).enumerate().for_each(|(task, out)| {
-        let first = task * TASK_ROWS;
-        let count = out.len() / rows;
-        dots(&weight[first * k..(first + count) * k], x, k, rows, out);
-    });
     let mut out = vec![0f32; rows * n];
-    for (o, column) in by_weight_row.chunks_exact(rows).enumerate() {
-        for (j, &value) in column.iter().enumerate() {
-            out[j * n + o] = value;
-        }
+    if rows == 0 || n == 0 {
+        return out;
     }
+    // Each task owns whole weight rows, so whole columns of `out`, and
+    // writes them in place (a transpose afterwards was a serial pass).
+    let shared = SharedMut::new(&mut out);
+    (0..n.div_ceil(TASK_ROWS)).into_par_iter().for_each(|task| {
+        let first = task * TASK_ROWS;
+        let count = TASK_ROWS.min(n - first);
+        // SAFETY: this task alone writes columns first..first + count of
+        // out's `rows` rows of n values.
+        unsafe { dots(&weight[first * k..(first + count) * k], x, k, rows, shared.get().add(first), n) };
+    });
     out
 }
 
@@ -66,18 +65,23 @@ pub fn pays() -> bool {
     }
 }
 
-/// `out[o·rows + j] = w_o · x_j` for the weight rows of `weight`.
-fn dots(weight: &[f32], x: &[f32], k: usize, rows: usize, out: &mut [f32]) {
+/// `out[j·stride + o] = w_o · x_j` for the weight rows `w_o` of `weight`
+/// and the `rows` rows `x_j` of `x`.
+///
+/// # Safety
+/// `out` is valid for writes at every such index.
+unsafe fn dots(weight: &[f32], x: &[f32], k: usize, rows: usize, out: *mut f32, stride: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { dots_avx512(weight, x, k, rows, out) };
+            // SAFETY: the CPU has AVX-512F; the caller's contract on out.
+            return unsafe { dots_avx512(weight, x, k, rows, out, stride) };
         }
     }
-    for (o, out) in out.chunks_exact_mut(rows).enumerate() {
-        for (j, out) in out.iter_mut().enumerate() {
-            *out = dot_portable(&weight[o * k..][..k], &x[j * k..][..k]);
+    for o in 0..weight.len() / k {
+        for j in 0..rows {
+            // SAFETY: the caller's contract.
+            unsafe { *out.add(j * stride + o) = dot_portable(&weight[o * k..][..k], &x[j * k..][..k]) };
         }
     }
 }
@@ -88,7 +92,7 @@ fn dots(weight: &[f32], x: &[f32], k: usize, rows: usize, out: &mut [f32]) {
 /// the same order as [`dot_portable`], whatever the depth block.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn dots_avx512(weight: &[f32], x: &[f32], k: usize, rows: usize, out: &mut [f32]) {
+unsafe fn dots_avx512(weight: &[f32], x: &[f32], k: usize, rows: usize, out: *mut f32, stride: usize) {
     use std::arch::x86_64::*;
     let weight_rows = weight.len() / k;
     let whole = k / LANES * LANES;
@@ -128,14 +132,15 @@ unsafe fn dots_avx512(weight: &[f32], x: &[f32], k: usize, rows: usize, out: &mu
             }
         }
     }
-    for (slot, out) in out.iter_mut().enumerate() {
+    for slot in 0..weight_rows * rows {
         let (o, j) = (slot / rows, slot % rows);
         let lanes: &[f32; LANES] = lanes[slot * LANES..][..LANES].try_into().expect("16 lanes");
         let mut sum = reduce(lanes);
         for c in whole..k {
             sum = weight[o * k + c].mul_add(x[j * k + c], sum);
         }
-        *out = sum;
+        // SAFETY: the caller's contract.
+        unsafe { *out.add(j * stride + o) = sum };
     }
 }
 
@@ -207,10 +212,11 @@ mod tests {
         for (rows, n, k) in [(6, 7, 16 * 70 + 7), (12, 5, 16 * 700 + 7)] {
             let x = test_values(rows * k, 13, 1.0);
             let weight = test_values(n * k, 17, 1.0);
-            let mut out = vec![0f32; n * rows];
-            dots(&weight, &x, k, rows, &mut out);
+            let mut out = vec![0f32; rows * n];
+            // SAFETY: out holds rows × n values.
+            unsafe { dots(&weight, &x, k, rows, out.as_mut_ptr(), n) };
             for (slot, &got) in out.iter().enumerate() {
-                let (o, j) = (slot / rows, slot % rows);
+                let (j, o) = (slot / n, slot % n);
                 assert_eq!(got, dot_portable(&weight[o * k..][..k], &x[j * k..][..k]), "{rows}×{k}: output ({j}, {o})");
             }
         }

@@ -11,8 +11,9 @@
 //! sums as gemm sums it alone (the blocks are whole 16-column panels), and
 //! the result is the same whatever the row count, as gemm's is.
 
+use super::matmul::{multiply, Strided};
 use super::SharedMut;
-use gemm::{gemm, Parallelism};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Output columns per block are a multiple of this (gemm's register panel).
@@ -35,25 +36,13 @@ pub fn rows_times_transposed(x: &[f32], rows: usize, weight: &[f32], n: usize, k
         // every row of `out` ([rows, n]); the weight rows it reads are in
         // bounds (first + columns ≤ n, checked above).
         unsafe {
-            gemm(
-                rows,
-                columns,
-                k,
-                shared.get().add(first),
-                1,
-                n as isize,
+            multiply(
+                [rows, columns, k],
+                Strided::rows(shared.get().add(first), n),
+                Strided::rows(x.as_ptr(), k),
+                Strided::columns(weight.as_ptr().add(first * k), k),
                 false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                weight.as_ptr().add(first * k),
-                k as isize,
-                1,
-                0.0,
                 1.0,
-                false,
-                false,
-                false,
                 Parallelism::None,
             );
         }
