@@ -245,7 +245,7 @@ mod tests {
         let error = check(&estimate, &shape, Some((1 << 30, "the --max-memory limit"))).unwrap_err().to_string();
         assert!(error.contains("2 image(s) of 1024x768"), "{error}");
         assert!(
-            error.contains("3.2 GiB (1.0 GiB weights, 2.0 GiB activations, 1.0 MiB text keys and values"),
+            error.contains("3.3 GiB (1.0 GiB weights, 2.0 GiB activations, 1.0 MiB text keys and values"),
             "{error}"
         );
         assert!(error.contains("1.0 GiB (the --max-memory limit)"), "{error}");
