@@ -66,23 +66,25 @@ pub struct GenerationShape {
 
 /// Elements of every tensor in the safetensors file `path`.
 pub fn tensor_elements(path: &Path) -> Result<u64> {
-    let file = TensorFile::open(path)?;
-    let keys: Vec<&str> = file.keys().collect();
-    Ok(keys.iter().filter_map(|k| file.shape(k)).map(|shape| shape.iter().map(|&d| d as u64).product::<u64>()).sum())
+    Ok(elements(&TensorFile::open(path)?))
 }
 
-/// Outputs of every cross-attention key and value projection in the
-/// safetensors file `path` (`…attn2.to_k.weight`, `…attn2.to_v.weight`):
-/// one text token's keys and values over all the layers.
-fn cross_attention_outputs(path: &Path) -> Result<u64> {
-    let file = TensorFile::open(path)?;
+/// Elements of every tensor in `file`.
+fn elements(file: &TensorFile) -> u64 {
     let keys: Vec<&str> = file.keys().collect();
-    Ok(keys
-        .iter()
+    keys.iter().filter_map(|k| file.shape(k)).map(|shape| shape.iter().map(|&d| d as u64).product::<u64>()).sum()
+}
+
+/// Outputs of every cross-attention key and value projection in `file`
+/// (`…attn2.to_k.weight`, `…attn2.to_v.weight`): one text token's keys and
+/// values over all the layers.
+fn cross_attention_outputs(file: &TensorFile) -> u64 {
+    let keys: Vec<&str> = file.keys().collect();
+    keys.iter()
         .filter(|key| key.ends_with("attn2.to_k.weight") || key.ends_with("attn2.to_v.weight"))
         .filter_map(|key| file.shape(key))
         .map(|shape| shape.first().map_or(0, |&rows| rows as u64))
-        .sum())
+        .sum()
 }
 
 /// Estimates a generation over the SD1.5 folder `sd15` (and, when styled,
@@ -95,14 +97,15 @@ pub fn estimate(
 ) -> Result<MemoryEstimate> {
     let unet = UNetConfig::from_file(&sd15.join("unet").join("config.json"))?;
     let vae = VaeConfig::from_file(&sd15.join("vae").join("config.json"))?;
-    let unet_weights = diffusers_weights(&sd15.join("unet"))?;
-    let mut parameters = tensor_elements(&unet_weights)?
+    let unet_weights = TensorFile::open(&diffusers_weights(&sd15.join("unet"))?)?;
+    let mut parameters = elements(&unet_weights)
         + tensor_elements(&diffusers_weights(&sd15.join("vae"))?)?
         + tensor_elements(&sd15.join("text_encoder").join("model.safetensors"))?;
-    let mut key_value_outputs = cross_attention_outputs(&unet_weights)?;
+    let mut key_value_outputs = cross_attention_outputs(&unet_weights);
     if let Some(path) = style_weights.filter(|_| shape.styled) {
-        parameters += tensor_elements(path)?;
-        key_value_outputs += cross_attention_outputs(path)?;
+        let style = TensorFile::open(path)?;
+        parameters += elements(&style);
+        key_value_outputs += cross_attention_outputs(&style);
     }
     let bytes = dtype.size() as u64;
     // diffusers' `vae_scale_factor`: 2 per VAE block after the first.
