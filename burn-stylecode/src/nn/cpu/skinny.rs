@@ -78,28 +78,31 @@ unsafe fn dots(weight: &[f32], x: &[f32], k: usize, rows: usize, out: *mut f32, 
             return unsafe { dots_avx512(weight, x, k, rows, out, stride) };
         }
     }
-    for o in 0..weight.len() / k {
-        for j in 0..rows {
-            // SAFETY: the caller's contract.
-            unsafe { *out.add(j * stride + o) = dot_portable(&weight[o * k..][..k], &x[j * k..][..k]) };
-        }
-    }
+    // SAFETY: the caller's contract.
+    unsafe { dots_portable(weight, x, k, rows, out, stride) }
 }
 
 /// Blocks of 4 weight rows × 4 x rows × [`DEPTH_BLOCK`] of k (all of k when
-/// x is small), with each output's 16 lane sums kept between the depth
-/// blocks (so that the task's slice of the weight and all of x stay in L2):
+/// x is small). A block's last pass sums its 16 accumulators' lanes in
+/// registers and writes the outputs; earlier passes keep the lane sums in a
+/// buffer (so that the task's slice of the weight and all of x stay in L2):
 /// the same order as [`dot_portable`], whatever the depth block.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn dots_avx512(weight: &[f32], x: &[f32], k: usize, rows: usize, out: *mut f32, stride: usize) {
     use std::arch::x86_64::*;
     let weight_rows = weight.len() / k;
     let whole = k / LANES * LANES;
-    let mut lanes = vec![0f32; weight_rows * rows * LANES];
-    let depth_block = if std::mem::size_of_val(x) <= MAX_WHOLE_DEPTH_X_BYTES { whole.max(LANES) } else { DEPTH_BLOCK };
+    if whole == 0 {
+        // Under 16 values of k: the portable loop's order is the remainder alone.
+        return unsafe { dots_portable(weight, x, k, rows, out, stride) };
+    }
+    let depth_block = if std::mem::size_of_val(x) <= MAX_WHOLE_DEPTH_X_BYTES { whole } else { DEPTH_BLOCK };
+    // Lane sums between passes, only when there are several.
+    let mut lanes = if depth_block < whole { vec![0f32; weight_rows * rows * LANES] } else { Vec::new() };
     for k0 in (0..whole).step_by(depth_block) {
         let k1 = (k0 + depth_block).min(whole);
+        let (first_pass, last_pass) = (k0 == 0, k1 == whole);
         for o0 in (0..weight_rows).step_by(BLOCK) {
             // Rows past the end repeat the last one: they compute and store
             // the same values again, so every output takes this path.
@@ -110,37 +113,90 @@ unsafe fn dots_avx512(weight: &[f32], x: &[f32], k: usize, rows: usize, out: *mu
                 // SAFETY (all loads and stores): every slot holds 16 lanes;
                 // rows hold k ≥ k1 values.
                 let mut acc: [[__m512; BLOCK]; BLOCK] = std::array::from_fn(|a| {
-                    std::array::from_fn(|b| unsafe { _mm512_loadu_ps(lanes.as_ptr().add(slot(a, b))) })
-                });
-                let (wp, xp) = (weight.as_ptr(), x.as_ptr());
-                let mut c = k0;
-                while c < k1 {
-                    let wv: [__m512; BLOCK] = std::array::from_fn(|a| unsafe { _mm512_loadu_ps(wp.add(o[a] * k + c)) });
-                    let xv: [__m512; BLOCK] = std::array::from_fn(|b| unsafe { _mm512_loadu_ps(xp.add(j[b] * k + c)) });
-                    for (acc, &w) in acc.iter_mut().zip(&wv) {
-                        for (acc, &x) in acc.iter_mut().zip(&xv) {
-                            *acc = _mm512_fmadd_ps(w, x, *acc);
+                    std::array::from_fn(|b| {
+                        if first_pass {
+                            _mm512_setzero_ps()
+                        } else {
+                            unsafe { _mm512_loadu_ps(lanes.as_ptr().add(slot(a, b))) }
                         }
-                    }
-                    c += LANES;
-                }
+                    })
+                });
+                let w: [*const f32; BLOCK] = std::array::from_fn(|a| unsafe { weight.as_ptr().add(o[a] * k + k0) });
+                let xs: [*const f32; BLOCK] = std::array::from_fn(|b| unsafe { x.as_ptr().add(j[b] * k + k0) });
+                unsafe { accumulate(&mut acc, w, xs, k1 - k0) };
                 for (a, acc) in acc.iter().enumerate() {
                     for (b, &acc) in acc.iter().enumerate() {
-                        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(slot(a, b)), acc) };
+                        if !last_pass {
+                            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(slot(a, b)), acc) };
+                            continue;
+                        }
+                        let mut sum = unsafe { reduce_avx512(acc) };
+                        for c in whole..k {
+                            sum = weight[o[a] * k + c].mul_add(x[j[b] * k + c], sum);
+                        }
+                        // SAFETY: the caller's contract.
+                        unsafe { *out.add(j[b] * stride + o[a]) = sum };
                     }
                 }
             }
         }
     }
-    for slot in 0..weight_rows * rows {
-        let (o, j) = (slot / rows, slot % rows);
-        let lanes: &[f32; LANES] = lanes[slot * LANES..][..LANES].try_into().expect("16 lanes");
-        let mut sum = reduce(lanes);
-        for c in whole..k {
-            sum = weight[o * k + c].mul_add(x[j * k + c], sum);
+}
+
+/// `acc[a][b] += w[a][c..c + 16] · x[b][c..c + 16]` lane-wise for c = 0, 16, … < len.
+///
+/// Its own function: inlined into the block loop, LLVM shuffled the 16
+/// accumulators between registers on every iteration.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline(never)]
+unsafe fn accumulate(
+    acc: &mut [[std::arch::x86_64::__m512; BLOCK]; BLOCK],
+    w: [*const f32; BLOCK],
+    x: [*const f32; BLOCK],
+    len: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut sums = *acc;
+    let mut c = 0;
+    while c < len {
+        // SAFETY: the caller's rows hold len values from these pointers.
+        let wv: [__m512; BLOCK] = std::array::from_fn(|a| unsafe { _mm512_loadu_ps(w[a].add(c)) });
+        let xv: [__m512; BLOCK] = std::array::from_fn(|b| unsafe { _mm512_loadu_ps(x[b].add(c)) });
+        for (sums, &w) in sums.iter_mut().zip(&wv) {
+            for (sum, &x) in sums.iter_mut().zip(&xv) {
+                *sum = _mm512_fmadd_ps(w, x, *sum);
+            }
         }
-        // SAFETY: the caller's contract.
-        unsafe { *out.add(j * stride + o) = sum };
+        c += LANES;
+    }
+    *acc = sums;
+}
+
+/// [`reduce`]'s pairwise tree on one register: lanes l + 8, then + 4, + 2, + 1.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn reduce_avx512(v: std::arch::x86_64::__m512) -> f32 {
+    use std::arch::x86_64::*;
+    let low = _mm512_castps512_ps256(v);
+    let high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    let eight = _mm256_add_ps(low, high);
+    let four = _mm_add_ps(_mm256_castps256_ps128(eight), _mm256_extractf128_ps(eight, 1));
+    let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+    _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps(two, two, 1)))
+}
+
+/// The portable kernel: each output's [`dot_portable`].
+///
+/// # Safety
+/// As [`dots`].
+unsafe fn dots_portable(weight: &[f32], x: &[f32], k: usize, rows: usize, out: *mut f32, stride: usize) {
+    for o in 0..weight.len() / k {
+        for j in 0..rows {
+            // SAFETY: the caller's contract.
+            unsafe { *out.add(j * stride + o) = dot_portable(&weight[o * k..][..k], &x[j * k..][..k]) };
+        }
     }
 }
 
