@@ -20,7 +20,7 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     if !super::cpu::runs_here(&x) || weight.dtype() != x.dtype() {
         return conv.forward(x);
     }
-    use super::cpu::{conv as kernel, from_values, to_flex, values};
+    use super::cpu::{conv as kernel, flex_view, from_values, to_flex, values};
     let [batch, in_channels, height, width] = x.dims();
     let [out_channels, weight_in, kh, kw] = weight.dims();
     assert_eq!(weight_in, in_channels, "a conv over {weight_in} channels given {in_channels}");
@@ -36,8 +36,16 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     };
     let [out_h, out_w] = shape.output_size();
     let bias = conv.bias.as_ref().map(|bias| to_flex(bias.val()));
-    let (x, weight) = (to_flex(x), to_flex(weight));
-    let out = kernel::conv2d(values(&x), values(&weight), bias.as_ref().map(values), shape);
+    let x = to_flex(x);
+    let bias = bias.as_ref().map(values);
+    let out = match kernel::inner_taps(&shape) {
+        // Only the taps that meet the image (a few-pixel output): read from
+        // the weight as it is, no contiguous copy of the whole.
+        Some((window, windowed)) => {
+            kernel::conv2d(values(&x), &kernel::window_weights(&flex_view(weight), window), bias, windowed)
+        }
+        None => kernel::conv2d(values(&x), values(&to_flex(weight)), bias, shape),
+    };
     from_values(out, [batch, out_channels, out_h, out_w])
 }
 
@@ -67,6 +75,32 @@ mod tests {
             let x = Tensor::<Flex, 4>::random([2, 5, 9, 6], Distribution::Normal(0.0, 1.0), &device);
             let difference = max_abs_difference(conv.forward(x.clone()), conv2d(&conv, x));
             assert!(difference < 1e-5, "{kernel}x{kernel} stride {stride} {padding:?}: {difference}");
+        }
+    }
+
+    /// Over 1×1 and 2×2 images only some taps meet the image: the kernel
+    /// reads those from the weight (here a narrowed view, as the style
+    /// branch passes), and still gives burn's.
+    #[test]
+    fn gives_burns_convolution_from_the_taps_that_meet_the_image() {
+        let device = Default::default();
+        for (stride, side, batch) in [(1, 1, 1), (1, 1, 2), (2, 2, 2), (1, 2, 3)] {
+            let conv: Conv2d<Flex> = Conv2dConfig::new([9, 7], [3, 3])
+                .with_stride([stride, stride])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(&device);
+            let narrowed = Conv2d {
+                weight: burn::module::Param::from_tensor(conv.weight.val().narrow(1, 0, 5)),
+                bias: conv.bias.clone(),
+                stride: conv.stride,
+                kernel_size: conv.kernel_size,
+                dilation: conv.dilation,
+                groups: conv.groups,
+                padding: conv.padding.clone(),
+            };
+            let x = Tensor::<Flex, 4>::random([batch, 5, side, side], Distribution::Normal(0.0, 1.0), &device);
+            let difference = max_abs_difference(narrowed.forward(x.clone()), conv2d(&narrowed, x));
+            assert!(difference < 1e-5, "stride {stride} over {side}²: {difference}");
         }
     }
 

@@ -30,7 +30,10 @@ const CONTROL_SHARE: f64 = 0.5;
 const VAE_PER_PIXEL: u64 = 12;
 /// Text tokens per prompt: CLIP's context length in SD1.5.
 const TEXT_TOKENS: u64 = 77;
-/// Attention score blocks and other fixed buffers.
+/// Attention score blocks (up to 64 MiB), other fixed buffers, and the
+/// kept tap windows of the convolutions over 1×1 images and of the
+/// stride-2 ones over 2×2 (`nn::cpu::conv::window_weights`: ≈ 130 MiB for
+/// the SD1.5 UNet at an 8² latent, where the score blocks are small).
 const FIXED: u64 = 256 << 20;
 
 /// What a generation of `batch` images needs, in bytes.

@@ -9,12 +9,16 @@
 //! gemm's initial value. 1×1 convolutions read the input in place. 3×3
 //! stride-1 convolutions over large images go to [`super::winograd`], and
 //! outputs of a few pixels per image to [`super::skinny`] (one pass over
-//! the weight for the whole batch).
+//! the weight for the whole batch). Where a kernel overhangs a tiny image
+//! on every side (3×3 over 1×1), [`inner_taps`] finds the taps that meet it
+//! and [`window_weights`] keeps their weights: the rest multiply padding.
 
 use super::matmul::{self, Strided};
 use super::SharedMut;
+use burn_flex::FlexTensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Column-matrix elements per block (16 MiB in f32): bounds the extra
 /// memory while keeping each gemm large.
@@ -51,6 +55,81 @@ impl ConvShape {
             out(self.width, left, right, self.kernel[1], self.stride[1]),
         ]
     }
+}
+
+/// The taps of a kernel that meet the image at some output pixel: kernel
+/// rows `rows[0]..rows[1]` and columns `columns[0]..columns[1]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TapWindow {
+    pub rows: [usize; 2],
+    pub columns: [usize; 2],
+}
+
+/// For an output of a few pixels ([`MAX_SKINNY_PIXELS`]) whose kernel meets
+/// the image only in part, the window of taps that do, and the same
+/// convolution with that window as its kernel (the padding shrinks by the
+/// taps cut off). The other taps multiply only padding, so the output is
+/// the same from the window's weights alone: a 3×3 convolution over a 1×1
+/// image (the UNet's 1280-wide level at an 8² latent) reads its centre tap,
+/// 1/9 of the weight, and its stride-2 downsampler over 2×2 reads 4 taps.
+/// `None` where every tap meets the image, or the output is large.
+pub fn inner_taps(shape: &ConvShape) -> Option<(TapWindow, ConvShape)> {
+    let [out_h, out_w] = shape.output_size();
+    if out_h * out_w == 0 || out_h * out_w > MAX_SKINNY_PIXELS {
+        return None;
+    }
+    let [top, left, bottom, right] = shape.padding;
+    // The taps t of one axis for which some output o reads the input o·stride + t − before.
+    let span = |kernel: usize, outputs: usize, stride: usize, before: usize, size: usize| {
+        let meets = |t: usize| (0..outputs).any(|o| (o * stride + t).checked_sub(before).is_some_and(|i| i < size));
+        let first = (0..kernel).find(|&t| meets(t))?;
+        let last = (0..kernel).rfind(|&t| meets(t))?;
+        Some([first, last + 1])
+    };
+    let rows = span(shape.kernel[0], out_h, shape.stride[0], top, shape.height)?;
+    let columns = span(shape.kernel[1], out_w, shape.stride[1], left, shape.width)?;
+    if rows == [0, shape.kernel[0]] && columns == [0, shape.kernel[1]] {
+        return None;
+    }
+    let windowed = ConvShape {
+        kernel: [rows[1] - rows[0], columns[1] - columns[0]],
+        padding: [
+            top.checked_sub(rows[0])?,
+            left.checked_sub(columns[0])?,
+            bottom.checked_sub(shape.kernel[0] - rows[1])?,
+            right.checked_sub(shape.kernel[1] - columns[1])?,
+        ],
+        ..*shape
+    };
+    (windowed.output_size() == [out_h, out_w]).then_some((TapWindow { rows, columns }, windowed))
+}
+
+/// The taps `window` of `weight` [C_out, C_in, kh, kw] (any strided view,
+/// such as a narrowed weight), row-major: gathered in parallel on the first
+/// call for this view of the weight's storage and kept while it lives
+/// ([`super::derived`]).
+pub(crate) fn window_weights(weight: &FlexTensor, window: TapWindow) -> Arc<[f32]> {
+    let TapWindow { rows: [dy0, dy1], columns: [dx0, dx1] } = window;
+    super::derived::derived(weight, [dy0, dy1, dx0, dx1], |weight| {
+        let layout = weight.layout();
+        let [out_channels, in_channels, ..] = layout.shape().dims::<4>();
+        let strides: [isize; 4] = layout.strides().try_into().expect("a 4-D weight");
+        let (storage, start) = (weight.storage::<f32>(), layout.start_offset() as isize);
+        let taps = (dy1 - dy0) * (dx1 - dx0);
+        let mut values = vec![0f32; out_channels * in_channels * taps];
+        values.par_chunks_mut(in_channels * taps).enumerate().for_each(|(o, row)| {
+            let mut out = row.iter_mut();
+            for c in 0..in_channels {
+                for dy in dy0..dy1 {
+                    for dx in dx0..dx1 {
+                        let at = [o, c, dy, dx].iter().zip(strides).map(|(&i, s)| i as isize * s).sum::<isize>();
+                        *out.next().expect("sized above") = storage[(start + at) as usize];
+                    }
+                }
+            }
+        });
+        values
+    })
 }
 
 /// `x` [B, C_in, H, W] ⊛ `weight` [C_out, C_in, kh, kw] (+ `bias` [C_out])
@@ -291,6 +370,68 @@ pub(super) mod tests {
             assert_eq!(ours.len(), shape.batch * shape.out_channels * out_h * out_w);
             let worst = ours.iter().zip(&expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(worst < 1e-5, "{shape:?}: max error {worst}");
+        }
+    }
+
+    fn shape(batch: usize, height: usize, width: usize, stride: usize, padding: [usize; 4]) -> ConvShape {
+        ConvShape {
+            batch,
+            in_channels: 5,
+            height,
+            width,
+            out_channels: 6,
+            kernel: [3, 3],
+            stride: [stride; 2],
+            padding,
+        }
+    }
+
+    #[test]
+    fn inner_taps_are_the_taps_that_meet_the_image() {
+        let window = |rows, columns| Some(TapWindow { rows, columns });
+        for (shape, expected) in [
+            (shape(2, 1, 1, 1, [1; 4]), window([1, 2], [1, 2])), // the 1×1 level: the centre tap
+            (shape(1, 2, 2, 2, [1; 4]), window([1, 3], [1, 3])), // the UNet's downsampler over 2×2
+            (shape(1, 2, 2, 2, [0, 0, 1, 1]), window([0, 2], [0, 2])), // the VAE's
+            (shape(1, 1, 5, 1, [1; 4]), window([1, 2], [0, 3])), // one row of pixels
+            (shape(1, 3, 1, 1, [1; 4]), window([0, 3], [1, 2])), // one column
+            (shape(2, 2, 2, 1, [1; 4]), None),                   // every tap meets some pixel
+            (shape(1, 4, 4, 1, [1; 4]), None),
+            (shape(1, 5, 5, 1, [1; 4]), None), // 25 output pixels: not a few
+        ] {
+            let found = inner_taps(&shape);
+            assert_eq!(found.map(|(window, _)| window), expected, "{shape:?}");
+            if let Some((window, windowed)) = found {
+                assert_eq!(windowed.output_size(), shape.output_size());
+                assert_eq!(windowed.kernel, [window.rows[1] - window.rows[0], window.columns[1] - window.columns[0]]);
+            }
+        }
+    }
+
+    /// The window's weights, gathered from a strided view of a larger
+    /// weight, give the whole kernel's convolution.
+    #[test]
+    fn a_window_of_taps_gives_the_whole_convolution() {
+        use burn::tensor::TensorData;
+        for shape in [
+            shape(1, 1, 1, 1, [1; 4]),
+            shape(2, 1, 1, 1, [1; 4]),
+            shape(2, 2, 2, 2, [1; 4]),
+            shape(1, 2, 2, 2, [0, 0, 1, 1]),
+            shape(2, 1, 5, 1, [1; 4]),
+            shape(1, 3, 1, 1, [1; 4]),
+        ] {
+            let (window, windowed) = inner_taps(&shape).expect("a window");
+            let x = values(shape.batch * shape.in_channels * shape.height * shape.width, 6);
+            // The weight is input channels 2..7 of a 9-channel one (as the style branch narrows it).
+            let whole = FlexTensor::from_data(TensorData::new(values(6 * 9 * 9, 7), [6, 9, 3, 3]));
+            let view = whole.narrow(1, 2, 5);
+            let weight = view.to_contiguous();
+            let bias = values(6, 8);
+            let ours = conv2d(&x, &window_weights(&view, window), Some(&bias), windowed);
+            let expected = naive(&x, weight.as_slice::<f32>().unwrap(), Some(&bias), shape);
+            let worst = ours.iter().zip(&expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(ours.len() == expected.len() && worst < 1e-5, "{shape:?}: max error {worst}");
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod attention;
 pub mod conv;
+mod derived;
 pub mod geglu;
 pub mod gelu;
 pub mod group_norm;
@@ -38,16 +39,22 @@ pub(crate) fn runs_here<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bo
 /// The burn-flex tensor of a tensor of backend `B` (checked by [`runs_here`]),
 /// made contiguous: a kernel reads it in place with [`values`].
 pub(crate) fn to_flex<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> FlexTensor {
-    let primitive: Box<dyn Any> = match tensor.into_primitive() {
-        TensorPrimitive::Float(primitive) => Box::new(primitive),
-        TensorPrimitive::QFloat(_) => panic!("a quantised tensor (checked by runs_here)"),
-    };
-    let flex = *primitive.downcast::<FlexTensor>().expect("a burn-flex tensor (checked by runs_here)");
+    let flex = flex_view(tensor);
     if flex.as_slice::<f32>().is_some() {
         flex
     } else {
         flex.to_contiguous()
     }
+}
+
+/// The burn-flex tensor of a tensor of backend `B` (checked by [`runs_here`]),
+/// as it is (possibly a strided view).
+pub(crate) fn flex_view<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> FlexTensor {
+    let primitive: Box<dyn Any> = match tensor.into_primitive() {
+        TensorPrimitive::Float(primitive) => Box::new(primitive),
+        TensorPrimitive::QFloat(_) => panic!("a quantised tensor (checked by runs_here)"),
+    };
+    *primitive.downcast::<FlexTensor>().expect("a burn-flex tensor (checked by runs_here)")
 }
 
 /// The f32 values of a contiguous tensor from [`to_flex`], without a copy.
@@ -147,6 +154,28 @@ mod tests {
             let alone = conv::conv2d(second(&x, 64 * pixels), &weight, Some(&bias), shape(1));
             assert!(second(&batched, 48 * pixels) == alone.as_slice(), "{k}x{k} over {height}x{width}");
         }
+    }
+
+    #[test]
+    fn a_window_of_taps_is_batch_invariant() {
+        // A 3×3 conv over a 1×1 image reads its centre tap.
+        let shape = |batch| conv::ConvShape {
+            batch,
+            in_channels: 64,
+            height: 1,
+            width: 1,
+            out_channels: 48,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1; 4],
+        };
+        let weight = burn_flex::FlexTensor::from_data(TensorData::new(values(48 * 64 * 9, 5), [48, 64, 3, 3]));
+        let (x, bias) = (values(3 * 64, 4), values(48, 6));
+        let run = |x: &[f32], batch| {
+            let (window, windowed) = conv::inner_taps(&shape(batch)).expect("a window");
+            conv::conv2d(x, &conv::window_weights(&weight, window), Some(&bias), windowed)
+        };
+        assert!(second(&run(&x, 3), 48) == run(second(&x, 64), 1).as_slice());
     }
 
     #[test]
