@@ -1,5 +1,6 @@
 //! 2-D convolution: every `Conv2d` of the crate runs through [`conv2d`].
 
+use burn::module::{Param, ParamId};
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
@@ -49,6 +50,22 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     from_values(out, [batch, out_channels, out_h, out_w])
 }
 
+/// `conv` restricted to its first `channels` input channels (and its bias).
+/// The weight is a view of `conv`'s: [`conv2d`] reads it in place on the
+/// few-pixel path and copies the slice, O·channels·k² values, elsewhere,
+/// against the convolution of the other channels it saves.
+pub fn leading_inputs<B: Backend>(conv: &Conv2d<B>, channels: usize) -> Conv2d<B> {
+    Conv2d {
+        weight: Param::initialized(ParamId::new(), conv.weight.val().narrow(1, 0, channels)),
+        bias: conv.bias.clone(),
+        stride: conv.stride,
+        kernel_size: conv.kernel_size,
+        dilation: conv.dilation,
+        groups: conv.groups,
+        padding: conv.padding.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,15 +106,7 @@ mod tests {
                 .with_stride([stride, stride])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .init(&device);
-            let narrowed = Conv2d {
-                weight: burn::module::Param::from_tensor(conv.weight.val().narrow(1, 0, 5)),
-                bias: conv.bias.clone(),
-                stride: conv.stride,
-                kernel_size: conv.kernel_size,
-                dilation: conv.dilation,
-                groups: conv.groups,
-                padding: conv.padding.clone(),
-            };
+            let narrowed = leading_inputs(&conv, 5);
             let x = Tensor::<Flex, 4>::random([batch, 5, side, side], Distribution::Normal(0.0, 1.0), &device);
             let difference = max_abs_difference(narrowed.forward(x.clone()), conv2d(&narrowed, x));
             assert!(difference < 1e-5, "stride {stride} over {side}²: {difference}");

@@ -1,7 +1,9 @@
 //! diffusers' `ResnetBlock2D`, `Downsample2D` and `Upsample2D`.
 
-use crate::nn::{conv2d, in_dtype, with_zero_channels, GroupNorm, GroupNormConfig, Linear, LinearConfig};
-use burn::module::{Module, Param, ParamId};
+use crate::nn::{
+    conv2d, in_dtype, leading_inputs, with_zero_channels, GroupNorm, GroupNormConfig, Linear, LinearConfig,
+};
+use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -146,21 +148,6 @@ impl<B: Backend> ResnetBlock2D<B> {
         } else {
             out / self.output_scale_factor
         }
-    }
-}
-
-/// `conv` restricted to its first `channels` input channels (and its bias).
-/// The weight slice is the one copy, O·channels·k² values, against the
-/// convolution of the other channels it saves.
-fn leading_inputs<B: Backend>(conv: &Conv2d<B>, channels: usize) -> Conv2d<B> {
-    Conv2d {
-        weight: Param::initialized(ParamId::new(), conv.weight.val().narrow(1, 0, channels)),
-        bias: conv.bias.clone(),
-        stride: conv.stride,
-        kernel_size: conv.kernel_size,
-        dilation: conv.dilation,
-        groups: conv.groups,
-        padding: conv.padding.clone(),
     }
 }
 
@@ -321,7 +308,7 @@ fn resample_axis<B: Backend>(x: Tensor<B, 4>, dim: usize, size_in: usize, size_o
 pub(crate) mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
-    use burn::module::ModuleVisitor;
+    use burn::module::{ModuleVisitor, Param};
     use burn::tensor::backend::AutodiffBackend;
     use burn::tensor::{DType, Distribution};
 
