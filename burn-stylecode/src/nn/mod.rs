@@ -11,6 +11,7 @@ pub mod norm;
 
 pub use activation::{geglu, gelu, gelu_tanh};
 pub use conv::{conv2d, leading_inputs};
+pub use cpu::on_workers;
 pub use dtype::in_dtype;
 pub use layout::{image_to_tokens, swap_dims_1_2, tokens_to_image, with_zero_channels};
 pub use linear::{Linear, LinearConfig};

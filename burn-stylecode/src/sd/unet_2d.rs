@@ -20,7 +20,7 @@ use super::unet_2d_blocks::{
     MidBlock2DCrossAttnConfig, ResnetSettings, UpBlock2D, UpBlock2DConfig, UpSubBlocks,
 };
 use super::unet_hook::{HookInputs, NoHook, UNetHook, UpStep};
-use crate::nn::{conv2d, GroupNorm, GroupNormConfig};
+use crate::nn::{conv2d, on_workers, GroupNorm, GroupNormConfig};
 use crate::weights::JsonConfig;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::conv::Conv2d;
@@ -502,9 +502,9 @@ impl<B: Backend> UNet2DConditionModel<B> {
         sample: Tensor<B, 4>,
         timesteps: Tensor<B, 1>,
         context: &TextContext<B>,
-        hook: &mut impl UNetHook<B>,
+        hook: &mut (impl UNetHook<B> + Send),
     ) -> Tensor<B, 4> {
-        self.up_path(self.down_path(sample, timesteps, context), context, hook)
+        on_workers::<B, _>(|| self.up_path(self.down_path(sample, timesteps, context), context, hook))
     }
 
     /// The time embedding, `conv_in`, the down blocks and the mid block:

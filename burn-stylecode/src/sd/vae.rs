@@ -5,7 +5,7 @@ use super::unet_2d::ActFn;
 use super::unet_2d_blocks::{
     DownBlock2D, DownBlock2DConfig, ResnetSettings, UNetMidBlock2D, UNetMidBlock2DConfig, UpBlock2D, UpBlock2DConfig,
 };
-use crate::nn::{conv2d, GroupNorm, GroupNormConfig};
+use crate::nn::{conv2d, on_workers, GroupNorm, GroupNormConfig};
 use crate::weights::JsonConfig;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
@@ -253,11 +253,13 @@ impl<B: Backend> AutoencoderKL<B> {
     /// `latents` [B, latent, h, w] (VAE scale) → image [B, 3, H, W], ×2 per
     /// upsampler (8h × 8w in SD1.5), about [-1, 1].
     pub fn decode(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
-        let latents = match &self.post_quant_conv {
-            Some(conv) => conv2d(conv, latents),
-            None => latents,
-        };
-        self.decoder.forward(latents)
+        on_workers::<B, _>(|| {
+            let latents = match &self.post_quant_conv {
+                Some(conv) => conv2d(conv, latents),
+                None => latents,
+            };
+            self.decoder.forward(latents)
+        })
     }
 
     /// VAE latents → the diffusion model's latents.

@@ -4,6 +4,7 @@
 use super::autoencoder::{AttentionAutoencoder, AutoencoderConfig};
 use super::code::{StyleCode, CODE_LEN};
 use crate::error::{Error, Result};
+use crate::nn::on_workers;
 use crate::siglip::preprocess::pixel_values;
 use crate::siglip::{SiglipVisionConfig, SiglipVisionTransformer};
 use burn::prelude::*;
@@ -42,8 +43,10 @@ pub(crate) fn check_fits_siglip(autoencoder: &AutoencoderConfig, siglip: &Siglip
 impl<B: Backend> StyleEncoder<'_, B> {
     /// Normalised pixels [B, 3, S, S] (any float dtype) → latent [B, 20] in the model's dtype.
     pub fn latent(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 2> {
-        let pixel_values = pixel_values.cast(self.autoencoder.tgt_init.val().dtype());
-        self.autoencoder.encode(self.siglip.penultimate(pixel_values))
+        on_workers::<B, _>(|| {
+            let pixel_values = pixel_values.cast(self.autoencoder.tgt_init.val().dtype());
+            self.autoencoder.encode(self.siglip.penultimate(pixel_values))
+        })
     }
 
     /// Encodes a batch of images.

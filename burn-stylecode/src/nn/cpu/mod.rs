@@ -26,6 +26,20 @@ use burn::tensor::{DType, TensorPrimitive};
 use burn_flex::FlexTensor;
 use std::any::{Any, TypeId};
 
+/// Runs `work` on a worker of rayon's pool when `B` is burn-flex (else
+/// where it is called): the kernels' parallel loops inside it then start on
+/// a worker, instead of each waking the pool from outside and sleeping
+/// until it is done (≈ 1,000 such hand-offs in an 8×8-latent UNet step:
+/// 0.143 → 0.133 s).
+pub fn on_workers<B: Backend, R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    if !is_flex::<B>() || rayon::current_thread_index().is_some() {
+        return work();
+    }
+    let mut out = None;
+    rayon::scope(|_| out = Some(work()));
+    out.expect("the scope ran its closure")
+}
+
 /// Whether `B` is burn-flex (and not a wrapper of it, such as autodiff).
 pub fn is_flex<B: Backend>() -> bool {
     TypeId::of::<B>() == TypeId::of::<Flex>()
@@ -186,5 +200,18 @@ mod tests {
         let batched = group_norm::group_norm(&x, &gamma, &beta, 1e-5, true, shape(3));
         let alone = group_norm::group_norm(second(&x, 64 * 99), &gamma, &beta, 1e-5, true, shape(1));
         assert!(second(&batched, 64 * 99) == alone.as_slice());
+    }
+
+    #[test]
+    fn flex_work_runs_on_a_pool_worker_and_other_backends_stay_put() {
+        // The test's own thread is not one of rayon's workers.
+        assert_eq!(rayon::current_thread_index(), None);
+        assert!(on_workers::<Flex, _>(rayon::current_thread_index).is_some());
+        assert_eq!(on_workers::<burn::backend::Autodiff<Flex>, _>(rayon::current_thread_index), None);
+        // Nested: already on a worker, the work runs where it is.
+        let (outer, inner) = on_workers::<Flex, _>(|| {
+            (rayon::current_thread_index(), on_workers::<Flex, _>(rayon::current_thread_index))
+        });
+        assert_eq!(outer, inner);
     }
 }
