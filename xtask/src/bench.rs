@@ -29,7 +29,8 @@ pub struct BenchArgs {
     /// Rows to run, comma-separated (default: all).
     #[arg(long, value_delimiter = ',', value_enum)]
     pub rows: Vec<Row>,
-    /// Timed repeats of each row, after one warm-up (≥ 5 for figures worth quoting).
+    /// Timed repeats of each row, after one warm-up (≥ 5 for figures worth
+    /// quoting; the 8² step takes 8× as many).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
     /// Threads on both sides (default: this machine's cores).
@@ -100,6 +101,17 @@ impl Row {
             Row::Encode | Row::Generate => None,
         }
     }
+
+    /// Timed repeats for this row given `--repeats`: the 8² step (0.13 s
+    /// here, 1 s in PyTorch) runs 8× as many on both sides, so that its
+    /// median is not one of five samples on a host whose noise moves a
+    /// short run by 15%.
+    fn repeats(self, repeats: usize) -> usize {
+        match self {
+            Row::UnetPlain8 => repeats * 8,
+            _ => repeats,
+        }
+    }
 }
 
 /// One side's figures for one row.
@@ -130,7 +142,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask sits in the workspace")?;
     let binaries = build(repo, &args.backends)?;
-    eprintln!("{threads} threads a side, {} repeats after a warm-up", args.repeats);
+    eprintln!(
+        "{threads} threads a side, {} repeats after a warm-up (the 8² step: {})",
+        args.repeats,
+        Row::UnetPlain8.repeats(args.repeats)
+    );
 
     let needs_weights: Vec<&str> = [(Row::Encode, "encode"), (Row::Generate, "generate")]
         .into_iter()
@@ -288,7 +304,7 @@ fn network_row(
     mode: &str,
     latent: usize,
 ) -> Result<Vec<Measurement>> {
-    let counts = [args.repeats.to_string(), latent.to_string()];
+    let counts = [row.repeats(args.repeats).to_string(), latent.to_string()];
     let mut sides = vec![("pytorch".to_string(), {
         let mut command = python(args, repo, "unet_step.py", threads);
         command.arg(mode).args(&counts);
