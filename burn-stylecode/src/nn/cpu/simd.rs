@@ -2,67 +2,59 @@
 //! row, and the row's sum), SiLU and the tanh GELU.
 //!
 //! Written as plain arithmetic over fixed-width lanes, which the compiler
-//! vectorises; compiled three times (SSE2, AVX2 + FMA, AVX-512) and chosen
-//! at run time by the CPU's features.
+//! vectorises; compiled three times (SSE2, AVX2 + FMA, AVX-512) by
+//! `dispatched!` and chosen at run time by the CPU's features.
 
 /// Lanes the loops keep in flight (one AVX-512 register, two AVX2 ones).
 const LANES: usize = 16;
 
-/// For each row of `scores` (`row_len` values each): replaces the values
-/// by `exp(x − max(row))` and writes the row's sum to `sums`.
-pub(super) fn exp_rows(scores: &mut [f32], row_len: usize, sums: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { exp_rows_avx512(scores, row_len, sums) };
+/// Defines `pub(super) fn $name($args)`, which runs `$portable($args, fma)`
+/// compiled for AVX-512, for AVX2 + FMA or for the baseline (no FMA),
+/// whichever the CPU has.
+macro_rules! dispatched {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $portable:ident) => {
+        $(#[$doc])*
+        pub(super) fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $portable($($arg,)* true)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $portable($($arg,)* true)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features the function is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $portable($($arg,)* false)
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { exp_rows_avx2(scores, row_len, sums) };
-        }
-    }
-    exp_rows_portable::<false>(scores, row_len, sums)
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn exp_rows_avx512(scores: &mut [f32], row_len: usize, sums: &mut [f32]) {
-    exp_rows_portable::<true>(scores, row_len, sums)
+dispatched! {
+    /// For each row of `scores` (`row_len` values each): replaces the values
+    /// by `exp(x − max(row))` and writes the row's sum to `sums`.
+    fn exp_rows(scores: &mut [f32], row_len: usize, sums: &mut [f32]) => exp_rows_portable
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_rows_avx2(scores: &mut [f32], row_len: usize, sums: &mut [f32]) {
-    exp_rows_portable::<true>(scores, row_len, sums)
+dispatched! {
+    /// `x · sigmoid(x)` in place, with sigmoid from `exp(−|x|)` (no overflow).
+    fn silu_in_place(values: &mut [f32]) => silu_portable
 }
 
-/// `x · sigmoid(x)` in place, with sigmoid from `exp(−|x|)` (no overflow).
-pub(super) fn silu_in_place(values: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { silu_avx512(values) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { silu_avx2(values) };
-        }
-    }
-    silu_portable(values, false)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn silu_avx512(values: &mut [f32]) {
-    silu_portable(values, true)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn silu_avx2(values: &mut [f32]) {
-    silu_portable(values, true)
+dispatched! {
+    /// GELU's tanh approximation in place, `0.5·x·(1 + tanh(u))` with
+    /// u = √(2/π)·(x + 0.044715·x³), written as `x·sigmoid(2u)` (the same
+    /// function) so that the negative tail keeps its relative precision.
+    fn gelu_tanh_in_place(values: &mut [f32]) => gelu_tanh_portable
 }
 
 #[inline(always)]
@@ -72,36 +64,6 @@ fn silu_portable(values: &mut [f32], fma: bool) {
         let sigmoid = if *x >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
         *x *= sigmoid;
     }
-}
-
-/// GELU's tanh approximation in place, `0.5·x·(1 + tanh(u))` with
-/// u = √(2/π)·(x + 0.044715·x³), written as `x·sigmoid(2u)` (the same
-/// function) so that the negative tail keeps its relative precision.
-pub(super) fn gelu_tanh_in_place(values: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { gelu_tanh_avx512(values) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { gelu_tanh_avx2(values) };
-        }
-    }
-    gelu_tanh_portable(values, false)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn gelu_tanh_avx512(values: &mut [f32]) {
-    gelu_tanh_portable(values, true)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_tanh_avx2(values: &mut [f32]) {
-    gelu_tanh_portable(values, true)
 }
 
 #[inline(always)]
@@ -118,10 +80,10 @@ fn gelu_tanh_portable(values: &mut [f32], fma: bool) {
 }
 
 #[inline(always)]
-fn exp_rows_portable<const FMA: bool>(scores: &mut [f32], row_len: usize, sums: &mut [f32]) {
+fn exp_rows_portable(scores: &mut [f32], row_len: usize, sums: &mut [f32], fma: bool) {
     for (row, sum) in scores.chunks_exact_mut(row_len).zip(sums.iter_mut()) {
         let max = row_max(row);
-        *sum = exp_minus(row, max, FMA);
+        *sum = exp_minus(row, max, fma);
     }
 }
 
@@ -268,7 +230,7 @@ mod tests {
             }
             let mut portable = values.clone();
             let mut sums = vec![0f32; 3];
-            exp_rows_portable::<false>(&mut portable, row_len, &mut sums);
+            exp_rows_portable(&mut portable, row_len, &mut sums, false);
             let mut dispatched = values.clone();
             let mut dispatched_sums = vec![0f32; 3];
             exp_rows(&mut dispatched, row_len, &mut dispatched_sums);
