@@ -35,9 +35,7 @@ pub fn on_workers<B: Backend, R: Send>(work: impl FnOnce() -> R + Send) -> R {
     if !is_flex::<B>() || rayon::current_thread_index().is_some() {
         return work();
     }
-    let mut out = None;
-    rayon::scope(|_| out = Some(work()));
-    out.expect("the scope ran its closure")
+    rayon::scope(|_| work())
 }
 
 /// Whether `B` is burn-flex (and not a wrapper of it, such as autodiff).
