@@ -347,7 +347,8 @@ pub(crate) mod tests {
         block.map(&mut CastTo(dtype))
     }
 
-    struct CastTo(DType);
+    /// Casts every parameter to a dtype, keeping whether it trains.
+    pub(crate) struct CastTo(pub(crate) DType);
 
     impl<B: Backend> burn::module::ModuleMapper<B> for CastTo {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
