@@ -313,7 +313,7 @@ pub(crate) mod tests {
     use burn::tensor::{DType, Distribution};
 
     /// max |a − b| / max |b|, in f32; fails on a non-finite value.
-    fn relative_error<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
+    pub(crate) fn relative_error<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
         let scale = b.clone().cast(DType::F32).abs().max().into_scalar().elem::<f32>();
         crate::nn::testing::max_abs_difference(a, b) / scale.max(f32::MIN_POSITIVE)
     }

@@ -205,7 +205,7 @@ mod tests {
     //! The branch against its first form, each up sub-block run on
     //! `cat([h_ctrl, zeros])`.
     use super::*;
-    use crate::sd::resnet::tests::{gradients_by_path, CastTo};
+    use crate::sd::resnet::tests::{gradients_by_path, relative_error, CastTo};
     use crate::sd::unet_2d::{DownBlockType, UpBlockType};
     use burn::backend::{Autodiff, Flex};
     use burn::module::{ModuleMapper, Param};
@@ -328,11 +328,6 @@ mod tests {
                 self.control.forward(&self.base, sample, timesteps, context, self.style.clone(), 0.7)
             }
         }
-    }
-
-    fn relative_error<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
-        let scale = b.clone().abs().max().into_scalar().elem::<f32>();
-        crate::nn::testing::max_abs_difference(a, b) / scale.max(f32::MIN_POSITIVE)
     }
 
     /// Batch 1 and 2, a mid-block grid of 1x1 and of 2x3 (H ≠ W), both mixer kinds.
